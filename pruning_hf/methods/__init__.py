@@ -1,0 +1,26 @@
+"""Registry of pruning methods. Add a method: one file in this folder + one line in ``METHODS``."""
+
+from __future__ import annotations
+
+from .base import PruningMethod
+from .magnitude import MagnitudePruner
+from .sparsegpt import SparseGPTPruner
+from .wanda import WandaPruner
+
+METHODS: dict[str, type[PruningMethod]] = {
+    "magnitude": MagnitudePruner,
+    "wanda": WandaPruner,
+    "sparsegpt": SparseGPTPruner,
+}
+
+
+def get_method(name: str) -> type[PruningMethod]:
+    """The method class registered under ``name`` (case-insensitive); ValueError listing the choices."""
+    key = name.strip().lower() if isinstance(name, str) else name
+    if key not in METHODS:
+        raise ValueError(f"method={name!r} is not a known pruning method; choose one of: {', '.join(METHODS)}")
+    return METHODS[key]
+
+
+def available_methods() -> list[str]:
+    return list(METHODS)

@@ -1,0 +1,34 @@
+"""Magnitude pruning: drop the weights with the smallest ``|W|``. Needs no calibration data."""
+
+from __future__ import annotations
+
+import torch
+
+from ..masks import global_threshold, mask_from_scores, threshold_mask
+from .base import WeightPruner, weight_matrix
+
+__all__ = ["MagnitudePruner"]
+
+
+class MagnitudePruner(WeightPruner):
+    """``score = |W|``; scope 'layer' (per Linear), 'row' (per output row) or 'global' (one threshold)."""
+
+    name = "magnitude"
+    scopes = ("layer", "row", "global")
+
+    def __init__(self, config) -> None:
+        super().__init__(config)
+        self.threshold: float | None = None
+
+    def prepare(self, targets) -> None:
+        if self.config.scope == "global" and not self.pattern.is_nm:
+            scores = [weight_matrix(module).detach().abs() for module in targets.values()]
+            self.threshold = global_threshold(scores, self.config.sparsity)
+
+    def prune_weight(self, name, weight, stats, sparsity) -> torch.Tensor:
+        scores = weight.abs()
+        if self.threshold is not None:
+            keep = threshold_mask(scores, self.threshold)
+        else:
+            keep = mask_from_scores(scores, sparsity, self.pattern, per_row=self.config.scope == "row")
+        return weight.masked_fill_(~keep, 0.0)

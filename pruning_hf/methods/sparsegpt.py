@@ -1,0 +1,138 @@
+"""SparseGPT (Frantar & Alistarh, 2023): pick the mask with second-order saliency ``w^2 / [H^-1]_jj^2``
+and update the kept weights with OBS corrections so the layer output ``W X`` changes as little as
+possible. ``H = X^T X`` from calibration inputs (fp32), dampened by a fraction of its mean diagonal;
+columns are processed in blocks, and errors of each block are spread over the remaining columns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+
+from ..config import check_int, check_number
+from ..masks import Pattern, nm_mask, topk_mask
+from .base import WeightPruner, weight_matrix
+
+__all__ = ["SparseGPTOptions", "SparseGPTPruner", "inverse_hessian_factor", "sparsegpt_prune"]
+
+
+class HessianError(RuntimeError):
+    """The dampened Hessian stayed not positive definite after every retry."""
+
+
+@dataclass
+class SparseGPTOptions:
+    dampening: float = field(default=0.01, metadata={"help": (
+        "Added to the Hessian diagonal as a fraction of its mean (the paper's 1%).")})
+    block_size: int = field(default=128, metadata={"help": "Columns pruned together before the lazy update."})
+    dampening_retries: int = field(default=6, metadata={"help": (
+        "If the Cholesky factorisation fails, retry with 10x more dampening this many times.")})
+
+    def __post_init__(self) -> None:
+        check_number("dampening", self.dampening, 0.0, 10.0, low_inclusive=False, high_inclusive=True)
+        check_int("block_size", self.block_size, 1)
+        check_int("dampening_retries", self.dampening_retries, 0)
+
+
+def inverse_hessian_factor(hessian: torch.Tensor, dampening: float, retries: int) -> tuple[torch.Tensor, float]:
+    """Upper Cholesky factor ``U`` of ``(H + λI)^-1`` (so ``(H + λI)^-1 = U^T U``).
+
+    ``λ = dampening * mean(diag H)``; on failure (not positive definite, or non-finite) ``λ`` grows
+    10x per retry. Returns ``(U, dampening fraction used)``; raises :class:`HessianError` at the end.
+    """
+    mean_diag = hessian.diagonal().mean().clamp_min(1e-12)
+    eye = torch.eye(hessian.shape[0], dtype=hessian.dtype, device=hessian.device)
+    fraction = dampening
+    for _ in range(retries + 1):
+        lower, info = torch.linalg.cholesky_ex(hessian + fraction * mean_diag * eye)
+        if info.item() == 0:
+            upper, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(lower), upper=True)
+            if info.item() == 0 and torch.isfinite(upper).all():
+                return upper, fraction
+        fraction *= 10.0
+    raise HessianError(
+        f"the Hessian is not positive definite even with dampening {fraction / 10:g} x mean diagonal; "
+        "use more or more varied calibration data, or raise `dampening`")
+
+
+def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float, pattern: Pattern,
+                    block_size: int = 128, dampening: float = 0.01, retries: int = 6,
+                    row_groups: Sequence[int] | None = None) -> torch.Tensor:
+    """Prune ``weight`` ``(out, in)`` in place with OBS updates; ``hessian`` is ``(in, in)`` fp32.
+
+    Unstructured: each block of ``block_size`` columns loses ``sparsity`` of its weights (lowest
+    ``w^2 / d^2`` across the block). N:M: each group of ``m`` columns keeps its ``n`` best weights,
+    chosen after the updates from earlier columns. Rows are independent given ``H``, so Linears that
+    share an input can be stacked and pruned in one pass: ``row_groups`` (row counts summing to
+    ``out``) makes each stacked matrix choose its unstructured mask on its own. Returns ``weight``.
+    """
+    row_groups = list(row_groups) if row_groups else [weight.shape[0]]
+    hessian = hessian.clone()
+    dead = hessian.diagonal() == 0  # inputs that are always zero: their weights do nothing
+    hessian[dead, dead] = 1.0
+    weight[:, dead] = 0.0
+    hinv, _ = inverse_hessian_factor(hessian, dampening, retries)
+    columns = weight.shape[1]
+    for start in range(0, columns, block_size):
+        end = min(start + block_size, columns)
+        block = weight[:, start:end].clone()
+        block_hinv = hinv[start:end, start:end]
+        diag = block_hinv.diagonal()
+        errors = torch.zeros_like(block)
+        keep = torch.ones_like(block, dtype=torch.bool)
+        if not pattern.is_nm:
+            saliency = block.square() / diag.square().unsqueeze(0)
+            keep = torch.cat([topk_mask(part, sparsity) for part in saliency.split(row_groups)])
+        for i in range(end - start):
+            if pattern.is_nm and i % pattern.m == 0:
+                group = slice(i, i + pattern.m)
+                keep[:, group] = nm_mask(block[:, group].square() / diag[group].square(), pattern.n, pattern.m)
+            column = block[:, i]
+            error = column * (~keep[:, i]) / diag[i]  # (w - q) / d, q = column with pruned entries zeroed
+            block[:, i:].addr_(error, block_hinv[i, i:], alpha=-1.0)
+            errors[:, i] = error
+        weight[:, start:end] = block.masked_fill_(~keep, 0.0)
+        weight[:, end:] -= errors @ hinv[start:end, end:]
+    return weight
+
+
+class SparseGPTPruner(WeightPruner):
+    """Second-order pruning with weight reconstruction; scope is fixed (per column block)."""
+
+    name = "sparsegpt"
+    Options = SparseGPTOptions
+    statistics = "hessian"
+
+    @classmethod
+    def validate_config(cls, config) -> None:
+        super().validate_config(config)
+        pattern, block_size = config.pattern_spec, config.options.block_size
+        if pattern.is_nm and block_size % pattern.m:
+            raise ValueError(
+                f"block_size={block_size} must be a multiple of M={pattern.m} for pattern={config.pattern!r} "
+                "so no group of M columns straddles two blocks")
+
+    def prune_layer(self, layer_index, targets, stats):
+        """Linears reading the same input (q/k/v, gate/up) share one Hessian: prune them stacked."""
+        groups: dict[int, list[str]] = {}
+        for name in targets:
+            groups.setdefault(id(stats[name]), []).append(name)
+        new_weights = {}
+        for names in groups.values():
+            sparsities = {self.sparsity_for(layer_index, name) for name in names}
+            if len(sparsities) > 1:  # per-Linear sparsities differ: prune one by one
+                for name in names:
+                    new_weights |= super().prune_layer(layer_index, {name: targets[name]}, stats)
+                continue
+            weights = [weight_matrix(targets[name]).detach().float() for name in names]
+            stacked = self.prune_weight(names[0], torch.cat(weights), stats[names[0]], sparsities.pop(),
+                                        row_groups=[w.shape[0] for w in weights])
+            new_weights |= dict(zip(names, stacked.split([w.shape[0] for w in weights])))
+        return new_weights
+
+    def prune_weight(self, name, weight, stats, sparsity, row_groups=None) -> torch.Tensor:
+        return sparsegpt_prune(weight, stats.hessian.to(weight.device), sparsity, self.pattern,
+                               self.options.block_size, self.options.dampening, self.options.dampening_retries,
+                               row_groups)

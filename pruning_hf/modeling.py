@@ -1,0 +1,219 @@
+"""AutoPrunedModel: load (and prune) a causal LM the way ``AutoModelForCausalLM`` does.
+
+The returned object is a plain ``transformers`` ``PreTrainedModel`` (``generate()`` works) with three
+extra attributes: ``pruning_config``, ``pruning_report`` and ``tokenizer``. Its ``save_pretrained``
+writes a dense safetensors checkpoint + tokenizer + ``pruning_report.json`` atomically; the
+PruningConfig is stored in ``config.json`` under ``pruning_config``, which stock loaders ignore.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import types
+from pathlib import Path
+from typing import Any
+
+from .config import PruningConfig
+from .embedded import is_embedded, resolve_model_path
+
+__all__ = ["AutoPrunedModel", "ModelLoadError", "load_model", "load_tokenizer", "prune", "stored_pruning_config"]
+
+logger = logging.getLogger(__name__)
+REPORT_FILE = "pruning_report.json"
+_TOKENIZER_KWARGS = ("revision", "token", "trust_remote_code", "cache_dir", "local_files_only")
+
+
+class ModelLoadError(ValueError):
+    """A model name / folder cannot be loaded as a causal LM; the message says why and what to do."""
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def resolve_name(name_or_path: str | os.PathLike) -> str:
+    """``embedded:NAME`` -> cached folder; local folders are checked; other strings are Hub ids."""
+    name = str(name_or_path)
+    if is_embedded(name):
+        return resolve_model_path(name)
+    path = Path(name).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ModelLoadError(f"model path {name!r} is a file; give the checkpoint folder (with config.json)")
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(f"model folder {name!r} has no config.json; is it a transformers checkpoint?")
+        return str(path)
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise ModelLoadError(f"model folder {name!r} does not exist")
+    return name
+
+
+def _check_config(name: str, hf_kwargs: dict[str, Any]) -> None:
+    """Fail fast (before loading weights) on non-causal-LM architectures."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    from .architectures import supported_model_types
+
+    config_kwargs = {k: v for k, v in hf_kwargs.items() if k in _TOKENIZER_KWARGS}
+    try:
+        config = AutoConfig.from_pretrained(name, **config_kwargs)
+    except Exception as err:  # OSError, ValueError, HTTP errors ...
+        raise ModelLoadError(f"cannot load a model config from {name!r}: {_first_line(err)}. "
+                             "Give a local checkpoint folder, an 'embedded:...' model, or a Hub id "
+                             "(Hub ids need network access)") from None
+    model_type = getattr(config, "model_type", None)
+    if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or getattr(config, "is_encoder_decoder", False):
+        raise ModelLoadError(f"{name!r} has model_type={model_type!r}, which is not a decoder-only causal LM; "
+                             f"pruning_hf supports: {', '.join(supported_model_types())}")
+
+
+def load_model(name_or_path: str | os.PathLike, **hf_kwargs: Any):
+    """``AutoModelForCausalLM.from_pretrained`` with safe defaults and clear errors.
+
+    Defaults: ``trust_remote_code=False``, ``use_safetensors=True`` (pickle checkpoints can run code
+    when loaded; they are refused).
+    """
+    from transformers import AutoModelForCausalLM
+
+    name = resolve_name(name_or_path)
+    hf_kwargs.setdefault("trust_remote_code", False)
+    hf_kwargs.setdefault("use_safetensors", True)
+    _check_config(name, hf_kwargs)
+    try:
+        return AutoModelForCausalLM.from_pretrained(name, **hf_kwargs)
+    except (OSError, EnvironmentError) as err:
+        message = _first_line(err)
+        if "safetensors" in message.lower() or "pytorch_model.bin" in message:
+            message = ("no safetensors weights found; pruning_hf refuses pickle checkpoints (.bin/.pt can run "
+                       "code when loaded). Convert them once in a trusted environment with "
+                       "`model.save_pretrained(dir, safe_serialization=True)`")
+        raise ModelLoadError(f"cannot load model {name!r}: {message}") from None
+    except Exception as err:
+        if type(err).__module__.startswith(("safetensors", "json")) or "safetensors" in _first_line(err).lower():
+            raise ModelLoadError(f"cannot load model {name!r}: checkpoint is corrupted or truncated "
+                                 f"({_first_line(err)})") from None
+        raise
+
+
+def load_tokenizer(name_or_path: str | os.PathLike, **hf_kwargs: Any):
+    from transformers import AutoTokenizer
+
+    name = resolve_name(name_or_path)
+    kwargs = {k: v for k, v in hf_kwargs.items() if k in _TOKENIZER_KWARGS}
+    kwargs.setdefault("trust_remote_code", False)
+    try:
+        return AutoTokenizer.from_pretrained(name, **kwargs)
+    except Exception as err:
+        raise ModelLoadError(f"cannot load the tokenizer of {name!r}: {_first_line(err)}") from None
+
+
+def stored_pruning_config(model) -> PruningConfig | None:
+    """The PruningConfig recorded in a model's config (``None`` for a dense model)."""
+    data = getattr(model.config, "pruning_config", None)
+    return PruningConfig.from_dict(data) if data else None
+
+
+def _coerce_config(pruning: PruningConfig | dict | str | os.PathLike) -> PruningConfig:
+    if isinstance(pruning, PruningConfig):
+        return pruning
+    if isinstance(pruning, dict):
+        return PruningConfig.from_dict(pruning)
+    if isinstance(pruning, (str, os.PathLike)):
+        return PruningConfig.from_yaml(pruning)
+    raise ValueError(f"pruning must be a PruningConfig, a dict or a YAML path, got {type(pruning).__name__}")
+
+
+def _save_pruned(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:
+    """Atomic ``save_pretrained``: weights + config + tokenizer + pruning report, all or nothing."""
+    from .storage import atomic_directory
+
+    with atomic_directory(save_directory) as tmp:
+        type(self).save_pretrained(self, tmp, **kwargs)
+        if getattr(self, "tokenizer", None) is not None:
+            self.tokenizer.save_pretrained(tmp)
+        if getattr(self, "pruning_report", None) is not None:
+            (tmp / REPORT_FILE).write_text(json.dumps(self.pruning_report.to_dict(), indent=2))
+
+
+def _attach(model, config: PruningConfig | None, report, tokenizer):
+    model.pruning_config = config
+    model.pruning_report = report
+    model.tokenizer = tokenizer
+    model.save_pretrained = types.MethodType(_save_pruned, model)
+    return model
+
+
+def _read_report(name: str):
+    from .engine import PruningReport
+
+    path = Path(name) / REPORT_FILE
+    return PruningReport.from_dict(json.loads(path.read_text())) if path.is_file() else None
+
+
+def prune(model, config: PruningConfig | dict | str, tokenizer=None, progress: bool = True, windows=None):
+    """Prune an already-loaded causal LM in place; returns the :class:`~pruning_hf.engine.PruningReport`.
+
+    Calibration windows are built from ``config.calibration`` with ``tokenizer`` unless given.
+    The model's config records the PruningConfig, so a saved checkpoint says how it was made.
+    """
+    from .calibration import calibration_windows
+    from .engine import prune_model
+
+    config = _coerce_config(config)
+    if windows is None and config.needs_calibration:
+        if tokenizer is None:
+            raise ValueError(f"method {config.method!r} needs calibration data: pass tokenizer= (or windows=)")
+        max_len = getattr(model.config, "max_position_embeddings", None)
+        windows = calibration_windows(config.calibration, tokenizer, max_len)
+    report = prune_model(model, config, windows=windows, progress=progress)
+    from . import __version__
+
+    model.config.pruning_config = {**config.to_dict(), "pruning_hf_version": __version__}
+    _attach(model, config, report, tokenizer if tokenizer is not None else getattr(model, "tokenizer", None))
+    return report
+
+
+class AutoPrunedModel:
+    """Load a causal LM, pruning it on the way when a PruningConfig is given.
+
+    Example::
+
+        cfg = PruningConfig(method="wanda", sparsity=0.5)
+        model = AutoPrunedModel.from_pretrained("facebook/opt-125m", pruning=cfg, device_map="auto")
+        model.save_pretrained("opt-125m-wanda-50")
+        AutoPrunedModel.from_pretrained("opt-125m-wanda-50").pruning_config  # no pruning again
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        raise TypeError("use AutoPrunedModel.from_pretrained(...)")
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike,
+                        pruning: PruningConfig | dict | str | None = None, *, tokenizer=None,
+                        progress: bool = True, **hf_kwargs: Any):
+        """Load ``pretrained_model_name_or_path`` (Hub id, local folder, or ``embedded:NAME``).
+
+        Args:
+            pruning: PruningConfig (or dict / YAML path). ``None`` loads as is: a pruned checkpoint
+                keeps its recorded ``pruning_config`` and is not pruned again.
+            tokenizer: tokenizer to use instead of the checkpoint's own.
+            progress: progress bar over layers while pruning.
+            **hf_kwargs: passed to ``AutoModelForCausalLM.from_pretrained`` (``device_map``,
+                ``dtype``, ``max_memory``, ``offload_folder``, ``revision``, ``token`` ...).
+        """
+        from .calibration import load_texts
+
+        config = _coerce_config(pruning) if pruning is not None else None
+        if config is not None and config.needs_calibration:
+            load_texts(config.calibration.source, config.calibration.text_column)  # fail before the big load
+        name = resolve_name(pretrained_model_name_or_path)
+        tokenizer = tokenizer if tokenizer is not None else load_tokenizer(name, **hf_kwargs)
+        model = load_model(name, **hf_kwargs)
+        if config is None:
+            return _attach(model, stored_pruning_config(model), _read_report(name), tokenizer)
+        prune(model, config, tokenizer, progress=progress)
+        return model
