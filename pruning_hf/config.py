@@ -115,8 +115,9 @@ class PruningConfig:
         "Where weights compete: 'layer' (per Linear), 'row' (per output row), 'global' (all targets). "
         "Default depends on the method.")})
     targets: list[str] | None = field(default=None, metadata={"help": (
-        "Module-name patterns to prune (leaf name like 'q_proj', dotted suffix, or fnmatch on the full "
-        "name). Default: every Linear inside the decoder layers. 'lm_head' only when listed.")})
+        "Module-name patterns to prune, fnmatch-ed against the full name or any dotted suffix of it "
+        "('q_proj', 'mlp.*', 'layers.1[0-9].*'). Default: every Linear inside the decoder layers; "
+        "'lm_head' only when listed.")})
     ignore: list[str] = field(default_factory=list, metadata={"help": "Patterns excluded from targets."})
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig, metadata={"help": (
         "Calibration data; unused by methods that need none (magnitude).")})

@@ -75,8 +75,12 @@ class PruningReport:
 
 
 def _matches(name: str, pattern: str) -> bool:
-    """A pattern matches a leaf name ('q_proj'), a dotted suffix ('mlp.down_proj') or fnmatch on the full name."""
-    return name == pattern or name.endswith("." + pattern) or fnmatch.fnmatchcase(name, pattern)
+    """fnmatch ``pattern`` against the full name or any dotted suffix of it.
+
+    So 'q_proj', 'mlp.*', 'self_attn.?_proj' and 'model.layers.1[0-9].*' all work.
+    """
+    parts = name.split(".")
+    return any(fnmatch.fnmatchcase(".".join(parts[i:]), pattern) for i in range(len(parts)))
 
 
 def select_targets(model: nn.Module, config) -> tuple[list[dict[str, nn.Module]], dict[str, nn.Module]]:

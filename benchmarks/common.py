@@ -1,0 +1,77 @@
+"""Shared helpers of the benchmark scripts: data splits, isolated runs, tables, JSON.
+
+Every benchmark prints a markdown table and writes ``benchmarks/results/<name>.json`` holding the
+rows plus the set-up (model, data, seq len, windows, calibration, versions) needed to read them.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import platform
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+WIKITEXT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "wikitext-2-valid.txt"
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def text_source() -> str:
+    """WikiText-2 validation text when ``../shared`` is present, else the embedded corpus."""
+    return str(WIKITEXT) if WIKITEXT.is_file() else "embedded"
+
+
+def split_tokens(tokenizer, eval_tokens: int, source: str | None = None) -> tuple[str, torch.Tensor, torch.Tensor]:
+    """Tokenize ``source``; the first ``eval_tokens`` are for evaluation, the rest for calibration (disjoint)."""
+    from pruning_hf.calibration import load_texts, tokenize_texts
+
+    source = source or text_source()
+    tokens = tokenize_texts(load_texts(source), tokenizer)
+    if tokens.numel() < 2 * eval_tokens:
+        raise SystemExit(f"{source} has {tokens.numel()} tokens; need at least {2 * eval_tokens}")
+    return source, tokens[:eval_tokens], tokens[eval_tokens:]
+
+
+def run_isolated(function: Callable[..., dict], *args: Any) -> dict:
+    """Run ``function(*args)`` in a fresh process (so peak RSS belongs to that run alone)."""
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(1) as pool:
+        return pool.apply(function, args)
+
+
+def peak_rss_mib() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def environment() -> dict[str, Any]:
+    import transformers
+
+    import pruning_hf
+
+    return {"pruning_hf": pruning_hf.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "python": platform.python_version(), "machine": platform.machine(), "threads": torch.get_num_threads(),
+            "cpu": platform.processor() or platform.machine(), "cuda": torch.cuda.is_available()}
+
+
+def markdown_table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> str:
+    """``columns``: (key, header). Floats get 3 significant decimals."""
+    def cell(value):
+        if isinstance(value, float):
+            return f"{value:,.3f}" if abs(value) < 1000 else f"{value:,.0f}"
+        return "" if value is None else str(value)
+
+    lines = ["| " + " | ".join(h for _, h in columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(row.get(k)) for k, _ in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_results(name: str, setup: dict[str, Any], rows: list[dict[str, Any]]) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps({"benchmark": name, "setup": setup, "environment": environment(), "rows": rows},
+                               indent=2))
+    return path
