@@ -292,9 +292,22 @@ def _add_sweep(sub) -> None:
     parser.set_defaults(func=_run_sweep)
 
 
+def _sweep_from_args(args, methods: list[str], method_options: dict):
+    from .sweep import sweep
+
+    return sweep(
+        args.model, methods, args.sparsities, _split(args.patterns) or ["unstructured"],
+        calibration={"source": args.calibration, "num_samples": args.num_samples, "seq_len": args.seq_len,
+                     "seed": args.seed, "batch_size": args.batch_size, "text_column": args.text_column},
+        evaluation={"text": args.eval_text, "seq_len": args.eval_seq_len, "max_windows": args.eval_windows,
+                    "efficiency": not args.no_efficiency, "energy": not args.no_energy,
+                    "country_iso_code": args.country_iso},
+        method_options=method_options, budget=args.budget, objective=args.objective, output=args.output,
+        save_best=args.save_best, hf_kwargs=_hf_kwargs(args), progress=not args.no_progress)
+
+
 def _run_sweep(args) -> int:
     from .methods import get_method
-    from .sweep import sweep
 
     chosen = _split(args.methods) or []
     options = _option_args(args)
@@ -305,15 +318,12 @@ def _run_sweep(args) -> int:
     unused = sorted(set(options) - {k for opts in per_method.values() for k in opts})
     if unused:
         raise CLIError(f"option(s) {unused} belong to none of the swept methods {chosen}")
-    result = sweep(
-        args.model, chosen, args.sparsities, _split(args.patterns) or ["unstructured"],
-        calibration={"source": args.calibration, "num_samples": args.num_samples, "seq_len": args.seq_len,
-                     "seed": args.seed, "batch_size": args.batch_size, "text_column": args.text_column},
-        evaluation={"text": args.eval_text, "seq_len": args.eval_seq_len, "max_windows": args.eval_windows,
-                    "efficiency": not args.no_efficiency, "energy": not args.no_energy,
-                    "country_iso_code": args.country_iso},
-        method_options=per_method, budget=args.budget, objective=args.objective, output=args.output,
-        save_best=args.save_best, hf_kwargs=_hf_kwargs(args), progress=not args.no_progress)
+    try:
+        result = _sweep_from_args(args, chosen, per_method)
+    except KeyboardInterrupt:
+        print(f"pruning-hf sweep: interrupted; the points measured so far are kept in {args.output}/sweep.json; "
+              "rerun the same command to resume", file=sys.stderr)
+        return 130
     for label, why in result.skipped:
         print(f"skipped {label}: {why}")
     print(f"sweep of {args.model}: {result.measured} point(s) measured, {result.reused} reused from {args.output}\n")

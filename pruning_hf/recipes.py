@@ -38,7 +38,7 @@ from .cards import EVALUATION_FILE, RECIPE_FILE
 from .config import CalibrationConfig, PruningConfig
 from .measurements import METRICS, MeasureSettings
 
-__all__ = ["Recipe", "RecipeError", "RecipeResult", "Expectation", "Check", "load_recipe"]
+__all__ = ["Recipe", "RecipeError", "RecipeResult", "Expectation", "Check"]
 
 
 class RecipeError(ValueError):
@@ -116,7 +116,6 @@ class Check:
             abs(self.measured - self.expected.value) <= self.expected.allowed()
 
 
-_SECTIONS = {"model": ModelSection, "evaluation": EvaluationSection, "hub": HubSection}
 _TOP_KEYS = ["name", "description", "model", "pruning", "calibration", "evaluation", "output", "hub", "expected",
              "quick"]
 
@@ -404,8 +403,3 @@ class Recipe:
         if repo_id and (result.passed or not check):
             result.url = push_folder(target, repo_id, private=self.hub.private or None, token=token)
         return result
-
-
-def load_recipe(path: str | os.PathLike, quick: bool = False) -> Recipe:
-    """Shorthand for :meth:`Recipe.from_yaml`."""
-    return Recipe.from_yaml(path, quick=quick)
