@@ -238,7 +238,7 @@ class Recipe:
     def from_yaml(cls, path_or_text: str | os.PathLike, quick: bool = False) -> "Recipe":
         """Load a recipe file (or YAML text). ``quick=True`` merges the recipe's ``quick`` overrides."""
         text, source = str(path_or_text), "<recipe>"
-        if "\n" not in text and Path(text).suffix in (".yaml", ".yml"):
+        if "\n" not in text and (Path(text).suffix in (".yaml", ".yml") or Path(text).is_file()):
             if not Path(text).is_file():
                 raise FileNotFoundError(f"recipe file {text!r} does not exist")
             source, text = text, Path(text).read_text(encoding="utf-8")

@@ -179,17 +179,23 @@ class SweepResult:
     reused: int = 0
     saved_best: Path | None = None
 
+    @property
+    def dense_row(self) -> dict:
+        """The dense model as a row (a candidate of every Pareto front)."""
+        return {**self.dense, "key": "dense", "label": "dense", "method": "dense", "pattern": "",
+                "sparsity": 0.0, "ppl_increase": 0.0, "size_ratio": 1.0}
+
     def columns(self) -> list[str]:
         return [c for c in TABLE_COLUMNS if any(c in row for row in self.rows)]
 
     def table(self) -> str:
         """Markdown table: dense first, then every point; budget and Pareto (size) membership marked."""
         columns = self.columns()
-        front = {r["key"] for r in pareto_front(self.rows, "size_ratio")}
+        front = {r["key"] for r in pareto_front(self.rows + [self.dense_row], "size_ratio")}
         lines = ["| point | " + " | ".join(columns) + " | budget | Pareto (size) |",
                  "|---|" + "---|" * (len(columns) + 2)]
-        dense = {**self.dense, "sparsity": 0.0, "ppl_increase": 0.0, "size_ratio": 1.0}
-        lines.append("| dense | " + " | ".join(_fmt(c, dense.get(c)) for c in columns) + " | | |")
+        lines.append("| dense | " + " | ".join(_fmt(c, self.dense_row.get(c)) for c in columns)
+                     + f" | | {'yes' if 'dense' in front else ''} |")
         for row in self.rows:
             mark = "*" if self.recommendation and row["key"] == self.recommendation["key"] else ""
             lines.append(f"| {mark}{row['label']}{mark} | " + " | ".join(_fmt(c, row.get(c)) for c in columns)
@@ -213,8 +219,9 @@ def _recommend(rows: list[dict], dense: dict, budget: Budget, objective: str) ->
     best = min(ok, key=lambda r: (r[metric], r["perplexity"]))
     ratio = best[metric] / dense[metric] if dense.get(metric) else None
     held = ", ".join(f"{c.metric} {_fmt(c.metric, best.get(c.metric))}" for c in budget.constraints)
-    reason = (f"{best['label']} ({best['pattern']}) is the {objective} of the {len(ok)} of {len(rows)} points "
-              f"within budget ({budget}): {metric} {best[metric]:.4g}"
+    among = f"the only one of {len(rows)} points" if len(ok) == 1 else \
+        f"the {objective} of the {len(ok)} of {len(rows)} points"
+    reason = (f"{best['label']} ({best['pattern']}) is {among} within budget ({budget}): {metric} {best[metric]:.4g}"
               + (f" = {ratio:.1%} of dense" if ratio is not None else "")
               + (f"; {held}" if held else "") + f"; perplexity {best['perplexity']:.3f} vs dense "
               f"{dense['perplexity']:.3f}.")
@@ -251,14 +258,14 @@ def _plot(result: SweepResult) -> list[Path]:
 
     axes = [(m, label) for m, label in PARETO_AXES if any(r.get(m) is not None for r in result.rows)]
     fig, grid = plt.subplots(1, len(axes), figsize=(5 * len(axes), 4.2), squeeze=False)
-    dense = {**result.dense, "size_ratio": 1.0}
+    dense = result.dense_row
     chosen = result.recommendation.get("key") if result.recommendation else None
     for ax, (metric, label) in zip(grid[0], axes):
         for method in methods:
             points = [r for r in result.rows if r["method"] == method]
             ax.scatter([r[metric] for r in points], [r["perplexity"] for r in points], color=colors[method],
                        label=method, s=28)
-        front = pareto_front(result.rows, metric)
+        front = pareto_front(result.rows + [dense], metric)
         ax.step([r[metric] for r in front], [r["perplexity"] for r in front], where="post", color="black",
                 linewidth=1, label="Pareto front")
         ax.scatter([dense[metric]], [dense["perplexity"]], marker="*", s=160, color="gray", label="dense")
@@ -285,7 +292,7 @@ def _write_tables(result: SweepResult, state: dict) -> None:
     table = io.StringIO()
     writer = csv.DictWriter(table, fieldnames=columns, extrasaction="ignore")
     writer.writeheader()
-    writer.writerow({"label": "dense", "method": "dense", "pattern": "", **state["dense"]})
+    writer.writerow(result.dense_row)
     writer.writerows(result.rows)
     _atomic_write(result.output / "sweep.csv", table.getvalue())
     _atomic_write(result.output / "sweep.md", result.table() + "\n")
