@@ -6,6 +6,8 @@ from .config import CalibrationConfig, PruningConfig  # noqa: E402
 from .engine import PruningReport  # noqa: E402
 from .methods import available_methods  # noqa: E402
 from .modeling import AutoPrunedModel, prune  # noqa: E402
+from .recipes import Recipe  # noqa: E402
+from .sweep import sweep  # noqa: E402
 
 __all__ = ["AutoPrunedModel", "PruningConfig", "CalibrationConfig", "PruningReport", "prune",
-           "available_methods", "__version__"]
+           "available_methods", "__version__", "Recipe", "sweep"]

@@ -54,6 +54,18 @@ def _add_model_loading(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--trust-remote-code", action="store_true", help="allow model code from the Hub (off by default)")
 
 
+def _add_method_options(parser: argparse.ArgumentParser) -> None:
+    options = parser.add_argument_group("method options (validated against the chosen method)")
+    for name, f in _method_option_fields().items():
+        kind = _field_type(f)
+        options.add_argument(f"--{name.replace('_', '-')}", dest=f"option_{name}", default=None,
+                             type=_bool_arg if kind is bool else kind, help=f.metadata.get("help", ""))
+
+
+def _option_args(args) -> dict:
+    return {k[len("option_"):]: v for k, v in vars(args).items() if k.startswith("option_") and v is not None}
+
+
 def _add_prune(sub) -> None:
     parser = sub.add_parser("prune", help="prune a model and save the checkpoint",
                             description="Prune MODEL (Hub id, local folder, or embedded:NAME) and save it to --output.")
@@ -72,11 +84,7 @@ def _add_prune(sub) -> None:
     cal.add_argument("--seed", type=int, default=0)
     cal.add_argument("--batch-size", type=int, default=8, help="calibration windows per forward pass")
     cal.add_argument("--text-column", default="text")
-    options = parser.add_argument_group("method options (validated against the chosen method)")
-    for name, f in _method_option_fields().items():
-        kind = _field_type(f)
-        options.add_argument(f"--{name.replace('_', '-')}", dest=f"option_{name}", default=None,
-                             type=_bool_arg if kind is bool else kind, help=f.metadata.get("help", ""))
+    _add_method_options(parser)
     ev = parser.add_argument_group("quick quality check")
     ev.add_argument("--eval-text", default=None, help="text source for dense vs pruned perplexity (e.g. embedded@test)")
     ev.add_argument("--eval-seq-len", type=int, default=512)
@@ -94,7 +102,7 @@ def _split(text: str | None) -> list[str] | None:
 def _config_from_args(args):
     from .config import PruningConfig
 
-    options = {k[len("option_"):]: v for k, v in vars(args).items() if k.startswith("option_") and v is not None}
+    options = _option_args(args)
     return PruningConfig(
         method=args.method, sparsity=args.sparsity, pattern=args.pattern, scope=args.scope,
         targets=_split(args.targets), ignore=_split(args.ignore),
@@ -168,10 +176,169 @@ def _run_methods(args) -> int:
     return 0
 
 
+def _add_card(sub) -> None:
+    parser = sub.add_parser("card", help="(re)render the model card (README.md) of a pruned checkpoint",
+                            description="Re-render DIR/README.md from the checkpoint's config, reports and recipe.")
+    parser.add_argument("folder", help="saved pruned checkpoint folder")
+    parser.add_argument("--repo-id", default=None, help="Hub repo the card should name (USER/NAME)")
+    parser.set_defaults(func=_run_card)
+
+
+def _run_card(args) -> int:
+    from .cards import write_model_card
+
+    if not (Path(args.folder) / "config.json").is_file():
+        raise FileNotFoundError(f"{args.folder!r} is not a saved checkpoint folder (no config.json)")
+    path = write_model_card(args.folder, repo_id=args.repo_id, location=args.folder)
+    if path is None:
+        raise CLIError(f"{args.folder!r} holds no pruning_config in config.json: it is not a pruned checkpoint")
+    print(f"wrote {path}")
+    return 0
+
+
+def _add_push(sub) -> None:
+    parser = sub.add_parser("push", help="upload a pruned checkpoint folder to the Hugging Face Hub",
+                            description="Create USER/NAME (if needed) and upload DIR with its model card. The token "
+                                        "comes from --token, HF_TOKEN or `hf auth login`, and is never printed.")
+    parser.add_argument("folder", help="saved pruned checkpoint folder")
+    parser.add_argument("repo_id", help="USER/NAME or ORG/NAME")
+    parser.add_argument("--private", action="store_true", help="create the repo as private")
+    parser.add_argument("--token", default=None, help="Hub token (prefer HF_TOKEN: arguments show in process lists)")
+    parser.add_argument("--commit-message", default=None)
+    parser.set_defaults(func=_run_push)
+
+
+def _run_push(args) -> int:
+    from .hub import push_folder
+
+    url = push_folder(args.folder, args.repo_id, private=args.private or None, token=args.token,
+                      commit_message=args.commit_message)
+    print(f"pushed {args.folder} to {url}")
+    return 0
+
+
+def _add_run(sub) -> None:
+    parser = sub.add_parser("run", help="run a recipe YAML end to end (prune, measure, save, check, push)",
+                            description="Run RECIPE: load the model, measure it dense, prune, measure, save the "
+                                        "checkpoint with its card and recipe.yaml; optionally check and push.")
+    parser.add_argument("recipe", help="recipe YAML file (see recipes/)")
+    parser.add_argument("--check", action="store_true",
+                        help="compare with the recipe's expected values; exit 1 and print a diff when outside tolerance")
+    parser.add_argument("--quick", action="store_true", help="apply the recipe's quick overrides (CI-sized run)")
+    parser.add_argument("--output", default=None, help="checkpoint folder (default: the recipe's output)")
+    parser.add_argument("--push-to-hub", nargs="?", const=True, default=None, metavar="USER/NAME",
+                        help="push the result (default repo: the recipe's hub.repo_id); skipped when --check fails")
+    parser.add_argument("--token", default=None, help="Hub token (prefer HF_TOKEN)")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.set_defaults(func=_run_recipe)
+
+
+def _run_recipe(args) -> int:
+    from .measurements import METRICS
+    from .recipes import Recipe
+
+    recipe = Recipe.from_yaml(args.recipe, quick=args.quick)
+    result = recipe.run(check=args.check, push_to_hub=args.push_to_hub, output=args.output, token=args.token,
+                        progress=not args.no_progress)
+    print(f"recipe {recipe.name}{' (quick)' if args.quick else ''}: {recipe.pruning.describe()} on {recipe.model.id}; "
+          f"saved to {result.output}\n")
+    print("| metric | value |\n|---|---|")
+    for name, value in result.metrics.items():
+        if name in METRICS or name.removeprefix("dense_") in METRICS:
+            print(f"| {name} | {value:.6g} |")
+    if result.url:
+        print(f"\npushed to {result.url}")
+    if args.check:
+        print(f"\nexpected values ({'all within tolerance' if result.passed else 'OUT OF TOLERANCE'}):\n")
+        print(result.check_table())
+        if not result.passed:
+            return 1
+    return 0
+
+
+def _add_sweep(sub) -> None:
+    parser = sub.add_parser("sweep", help="prune at many levels, measure each, plot the trade-off, recommend one",
+                            description="Prune MODEL at every (method, pattern, sparsity) point with shared calibration "
+                                        "and evaluation data; write OUTPUT/sweep.json/.csv/.md and PNG plots; "
+                                        "recommend the best point within --budget. Rerunning resumes.")
+    parser.add_argument("model")
+    parser.add_argument("--methods", default="magnitude,wanda,sparsegpt", help="comma-separated methods")
+    parser.add_argument("--sparsities", default="0.1,0.2,...,0.7",
+                        help="comma-separated levels; '...' continues the step (default 0.1,0.2,...,0.7)")
+    parser.add_argument("--patterns", default="unstructured", help="comma-separated: unstructured, 2:4, 4:8 ...")
+    cal = parser.add_argument_group("calibration (shared by all points)")
+    cal.add_argument("--calibration", default="embedded", help="embedded | FILE | FOLDER | HUB_ID[:CONFIG][@SPLIT]")
+    cal.add_argument("--num-samples", type=int, default=128)
+    cal.add_argument("--seq-len", type=int, default=2048)
+    cal.add_argument("--seed", type=int, default=0)
+    cal.add_argument("--batch-size", type=int, default=8)
+    cal.add_argument("--text-column", default="text")
+    _add_method_options(parser)
+    ev = parser.add_argument_group("evaluation (same data for every point)")
+    ev.add_argument("--eval-text", default="embedded@test")
+    ev.add_argument("--eval-seq-len", type=int, default=512)
+    ev.add_argument("--eval-windows", type=int, default=40)
+    ev.add_argument("--no-efficiency", action="store_true", help="skip latency and tokens/s")
+    ev.add_argument("--no-energy", action="store_true", help="skip codecarbon energy")
+    ev.add_argument("--country-iso", default="USA", help="grid carbon intensity country for codecarbon (ISO alpha-3)")
+    rec = parser.add_argument_group("recommendation")
+    rec.add_argument("--budget", default="ppl_increase<=10%",
+                     help="comma-separated METRIC<=VALUE terms, e.g. 'ppl_increase<=10%%' (default)")
+    rec.add_argument("--objective", default="smallest", choices=["smallest", "fastest", "lowest-energy"])
+    rec.add_argument("--save-best", default=None, metavar="DIR", help="also save the recommended point as a checkpoint")
+    _add_model_loading(parser)
+    parser.add_argument("--output", default="sweep", help="folder for results and plots (default sweep/)")
+    parser.add_argument("--no-progress", action="store_true")
+    parser.set_defaults(func=_run_sweep)
+
+
+def _sweep_from_args(args, methods: list[str], method_options: dict):
+    from .sweep import sweep
+
+    return sweep(
+        args.model, methods, args.sparsities, _split(args.patterns) or ["unstructured"],
+        calibration={"source": args.calibration, "num_samples": args.num_samples, "seq_len": args.seq_len,
+                     "seed": args.seed, "batch_size": args.batch_size, "text_column": args.text_column},
+        evaluation={"text": args.eval_text, "seq_len": args.eval_seq_len, "max_windows": args.eval_windows,
+                    "efficiency": not args.no_efficiency, "energy": not args.no_energy,
+                    "country_iso_code": args.country_iso},
+        method_options=method_options, budget=args.budget, objective=args.objective, output=args.output,
+        save_best=args.save_best, hf_kwargs=_hf_kwargs(args), progress=not args.no_progress)
+
+
+def _run_sweep(args) -> int:
+    from .methods import get_method
+
+    chosen = _split(args.methods) or []
+    options = _option_args(args)
+    per_method = {}
+    for method in chosen:
+        fields = {f.name for f in dataclasses.fields(get_method(method).Options)}
+        per_method[method] = {k: v for k, v in options.items() if k in fields}
+    unused = sorted(set(options) - {k for opts in per_method.values() for k in opts})
+    if unused:
+        raise CLIError(f"option(s) {unused} belong to none of the swept methods {chosen}")
+    try:
+        result = _sweep_from_args(args, chosen, per_method)
+    except KeyboardInterrupt:
+        print(f"pruning-hf sweep: interrupted; the points measured so far are kept in {args.output}/sweep.json; "
+              "rerun the same command to resume", file=sys.stderr)
+        return 130
+    for label, why in result.skipped:
+        print(f"skipped {label}: {why}")
+    print(f"sweep of {args.model}: {result.measured} point(s) measured, {result.reused} reused from {args.output}\n")
+    print(result.table())
+    print(f"\nrecommendation ({args.objective}, budget {result.budget}): {result.recommendation['reason']}")
+    if result.saved_best:
+        print(f"saved the recommended checkpoint to {result.saved_best}")
+    print(f"\nwrote {args.output}/sweep.json, sweep.csv, sweep.md, sweep_perplexity.png, sweep_pareto.png")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pruning-hf", description=__doc__.splitlines()[0].strip("`"))
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_prune, _add_methods):
+    for add in (_add_prune, _add_methods, _add_sweep, _add_run, _add_card, _add_push):
         add(sub)
     return parser
 
@@ -186,6 +353,12 @@ def _user_errors() -> tuple[type[BaseException], ...]:
             FileNotFoundError, ModuleNotFoundError, PermissionError)
 
 
+def _failures() -> tuple[type[BaseException], ...]:
+    from .hub import HubPushError
+
+    return (HubPushError,)
+
+
 def main(argv: typing.Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -194,6 +367,9 @@ def main(argv: typing.Sequence[str] | None = None) -> int:
     except _user_errors() as err:
         print(f"pruning-hf {args.command}: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except _failures() as err:  # not the user's input: network, Hub permissions
+        print(f"pruning-hf {args.command}: error: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"pruning-hf {args.command}: interrupted; no partial output was written", file=sys.stderr)
         return 130

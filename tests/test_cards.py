@@ -1,0 +1,114 @@
+"""Model cards: Hub metadata (model-index, co2_eq_emissions in grams), body, regeneration on save."""
+
+from __future__ import annotations
+
+import types
+
+import codecarbon
+import pytest
+from huggingface_hub import ModelCard
+
+from pruning_hf import Recipe, prune
+from pruning_hf.cards import base_model_id, render_model_card
+from pruning_hf.cli import main
+from pruning_hf.measurements import energy_meter
+from pruning_hf.modeling import AutoPrunedModel, load_model
+
+KG_PER_RUN = 0.0025  # what the fake tracker reports, in kilograms as codecarbon does
+KWH_PER_RUN = 0.01
+
+
+class FakeTracker:
+    """Stands in for codecarbon's OfflineEmissionsTracker with known readings."""
+
+    def __init__(self, country_iso_code: str, **kwargs) -> None:
+        self._hardware = [types.SimpleNamespace(_mode="cpu_load")]
+        self.country = country_iso_code
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        self.final_emissions_data = types.SimpleNamespace(
+            energy_consumed=KWH_PER_RUN, emissions=KG_PER_RUN, duration=3.0, country_name="France",
+            cpu_model="Test CPU", cpu_count=4, gpu_count=0, gpu_model="", tracking_mode="machine",
+            codecarbon_version="3.3.2")
+
+
+def test_card_metadata_parses_with_model_index_and_co2_in_grams(make_checkpoint, tmp_path, monkeypatch):
+    monkeypatch.setattr(codecarbon, "OfflineEmissionsTracker", FakeTracker)
+    recipe = Recipe.from_dict({
+        "name": "tiny-sparsegpt", "model": {"id": str(make_checkpoint("llama")), "dtype": "float32"},
+        "pruning": {"method": "sparsegpt", "pattern": "2:4"}, "calibration": {"num_samples": 4, "seq_len": 64},
+        "evaluation": {"seq_len": 64, "max_windows": 4, "energy": True, "country_iso_code": "FRA"},
+        "output": str(tmp_path / "tiny-sparsegpt")})
+    result = recipe.run(progress=False)
+    card = ModelCard.load(result.output / "README.md")
+
+    co2 = card.data.co2_eq_emissions
+    assert co2["emissions"] == pytest.approx(KG_PER_RUN * 1000)  # grams, the Hub convention
+    assert co2["geographical_location"] == "France" and co2["hardware_used"] == "Test CPU (4 CPU threads)"
+    assert "codecarbon" in co2["source"] and "estimated" in co2["source"]
+    assert co2["training_type"] == "pruning (no retraining)"
+    (evaluated,) = card.data.eval_results
+    assert evaluated.metric_type == "perplexity" and evaluated.task_type == "text-generation"
+    assert evaluated.metric_value == pytest.approx(result.metrics["perplexity"], rel=1e-4)
+    assert (evaluated.dataset_type, evaluated.dataset_split) == ("python-docs-prose", "test")
+    assert card.data.model_name == "tiny-sparsegpt"
+    assert "model-index" in card.content and card.data.library_name == "transformers"
+    assert {"pruning_hf", "pruned", "sparsegpt", "2-4-sparsity"} <= set(card.data.tags)
+    assert card.data.base_model is None  # a local folder is not a Hub id
+
+    body = card.text
+    assert "## Dense vs pruned" in body and "| perplexity |" in body and "| non-zero parameters |" in body
+    assert "0.010000 kWh, 2.5000 g CO2e" in body  # the pruning run, from the fake readings
+    assert "method: sparsegpt" in body and "pattern: '2:4'" in body  # how it was pruned
+    assert "name: tiny-sparsegpt" in body and "pruning-hf run recipe.yaml" in body  # recipe + reproduction
+    assert "sparse tensor cores" in body  # limitation specific to N:M
+    assert f'from_pretrained("{result.output}")' in body
+
+
+def test_real_codecarbon_reading_is_in_grams_and_writes_no_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with energy_meter("USA") as energy:
+        sum(i * i for i in range(2_000_000))
+    assert energy["energy_kwh"] > 0
+    intensity = energy["emissions_g"] / energy["energy_kwh"]  # grid carbon intensity, g CO2e per kWh
+    assert 50 < intensity < 1500  # grams; kilograms would give ~0.4
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_card_is_regenerated_on_every_save_and_by_the_cli(make_checkpoint, tokenizer, tmp_path, capsys):
+    model = load_model(make_checkpoint("opt"))
+    model.config.pruned_from = "facebook/opt-125m"  # as if loaded from the Hub
+    prune(model, {"method": "magnitude", "sparsity": 0.3}, tokenizer, progress=False)
+    folder = tmp_path / "opt-magnitude"
+    model.save_pretrained(folder)
+    card = ModelCard.load(folder / "README.md")
+    assert card.data.base_model == "facebook/opt-125m" and "magnitude 30% unstructured" in card.text
+    assert "pruning-hf prune facebook/opt-125m --method magnitude --sparsity 0.3" in card.text
+    assert card.data.eval_results is None and "co2_eq_emissions" not in card.data.to_dict()  # nothing measured
+
+    reloaded = AutoPrunedModel.from_pretrained(folder)
+    prune(reloaded, {"method": "magnitude", "sparsity": 0.6}, tokenizer, progress=False)
+    reloaded.save_pretrained(folder)  # same folder, new pruning: the card follows
+    card = ModelCard.load(folder / "README.md")
+    assert "magnitude 60% unstructured" in card.text and card.data.base_model == "facebook/opt-125m"
+
+    (folder / "README.md").unlink()
+    assert main(["card", str(folder)]) == 0 and (folder / "README.md").is_file()
+    assert "magnitude 60%" in ModelCard.load(folder / "README.md").text
+    assert main(["card", str(make_checkpoint("llama", name="dense"))]) == 2  # a dense checkpoint has no card
+    assert "not a pruned checkpoint" in capsys.readouterr().err
+    assert render_model_card(folder, repo_id="alice/opt-mag").data.model_name == "opt-mag"
+
+
+def test_base_model_ids():
+    assert base_model_id("embedded:smollm2-135m") == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert base_model_id("embedded:gemma3-270m") == "google/gemma-3-270m"
+    assert base_model_id("facebook/opt-1.3b") == "facebook/opt-1.3b"
+    assert base_model_id("/tmp/some/folder") is None and base_model_id(None) is None
+    from pruning_hf.embedded import cache_root, public_model_name
+
+    assert public_model_name(str(cache_root() / "embedded" / "smollm2-135m")) == "embedded:smollm2-135m"
+    assert public_model_name("facebook/opt-125m") == "facebook/opt-125m"
