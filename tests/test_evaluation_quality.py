@@ -127,3 +127,21 @@ def test_last_word_accuracy_and_perplexity(tokenizer):
     assert wrong["acc"] == 0.0
     naive = [_naive_logprob(model, tokenizer, c, " " + g) for c, g in zip(contexts, greedy)]
     assert right["perplexity"] == pytest.approx(math.exp(-sum(naive) / 3), rel=1e-4)
+
+
+@pytest.mark.slow
+def test_real_model_through_the_shipped_metrics(smollm2_path):
+    """SmolLM2-135M on real prose and the hand-written science questions: far better than chance."""
+    from pathlib import Path
+
+    from pruning_hf import evaluate_model
+    from pruning_hf.modeling import load_model, load_tokenizer
+
+    science = Path(__file__).resolve().parents[1] / "benchmarks" / "data" / "science_mc.jsonl"
+    model, tokenizer = load_model(smollm2_path), load_tokenizer(smollm2_path)
+    report = evaluate_model(model, tokenizer, text="embedded@test", seq_len=512, max_windows=4,
+                            tasks=[f"science={science}"], samples=False, progress=False, name="smollm2")
+    entry = report["smollm2"]
+    assert 8 < entry["perplexity"]["perplexity"] < 20  # DESIGN.md: ~12 on the embedded prose
+    assert entry["tasks"]["science"]["examples"] == 40
+    assert entry["tasks"]["science"]["acc"] >= 0.5  # 4 choices: chance is 0.25

@@ -86,14 +86,31 @@ def test_several_prunings_of_one_dense_model(tokenizer, text_file):
     model = tiny_model("llama")
     runs = {"mag 50%": PruningConfig(method="magnitude", sparsity=0.5),
             "mag 2:4": PruningConfig(method="magnitude", pattern="2:4")}
-    report = prune_and_compare(model, tokenizer, runs, text=str(text_file), **FAST)
+    report = prune_and_compare(model, tokenizer, runs, text=str(text_file), efficiency=True, side_by_side=True,
+                               repeats=1, new_tokens=2, decode_batches=[1], disk=False, **FAST)
     assert [entry["name"] for entry in report.models] == ["dense", "mag 50%", "mag 2:4"]
+    nonzero = {name: report[name]["efficiency"]["parameters"]["nonzero"] for name in ("dense", "mag 50%", "mag 2:4")}
+    assert nonzero["dense"] > nonzero["mag 50%"] == nonzero["mag 2:4"]  # timed at the end: dense was kept as a copy
     assert report["dense"]["pruning"] is None
     # 2:4 started from the dense weights, not from the 50% model: exactly half of the weights are zero
     assert report["mag 2:4"]["pruning"]["sparsity"] == 0.5
     assert report["mag 50%"]["pruning"]["config"]["pattern"] == "unstructured"
     assert model.pruning_config.pattern == "2:4"  # the last config prunes the given model in place
     assert set(report.ratios()) == {"mag 50%", "mag 2:4"}
+
+
+def test_side_by_side_alternates_speed_and_energy_runs(tokenizer, text_file):
+    dense, other = tiny_model("llama", seed=0), tiny_model("opt", seed=0)
+    report = compare_models({"dense": dense, "other": other}, tokenizer, text=str(text_file), efficiency=True,
+                            energy=True, side_by_side=True, repeats=2, new_tokens=3, decode_batches=[1],
+                            energy_batch=2, energy_new_tokens=3, energy_rounds=2, disk=False, **FAST)
+    for name, partner in (("dense", "other"), ("other", "dense")):
+        entry = report[name]
+        assert entry["efficiency"]["timed_with"] == [partner] and entry["efficiency"]["checkpoint_bytes"] is None
+        assert entry["efficiency"]["decode"]["1"]["tokens_per_second"] > 0
+        assert entry["energy"]["generation"]["generated_tokens"] == 2 * 2 * 3  # rounds x batch x tokens
+        assert entry["energy"]["perplexity"]["energy_kwh"] > 0
+    assert report["dense"]["efficiency"]["flops_per_token"]["total"] != report["other"]["efficiency"]["flops_per_token"]["total"]
 
 
 def test_bad_input_is_rejected_before_any_model_work(tokenizer, tmp_path, text_file):

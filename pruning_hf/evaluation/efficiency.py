@@ -1,14 +1,16 @@
 """Efficiency of a model as it is in memory: speed, memory, size and FLOPs, all measured in-process.
 
-Timings use a warm-up run and the median of ``repeats`` runs (CUDA is synchronised around each):
+Timings use a warm-up run and the median of ``repeats`` rounds (CUDA is synchronised around each
+run); each round runs every workload once, of every model measured together, so a busy machine's
+slow spells hit all of them alike and their ratios stay fair:
 
 * prefill: one forward pass over ``(prefill_batch, prefill_seq_len)`` tokens;
 * decode: greedy generation of ``new_tokens`` tokens after a ``prompt_len``-token prompt at each
   batch size; decode time is ``t(new_tokens) - t(1 token)``, so the prompt's prefill is excluded:
   ``tokens_per_second = batch * (new_tokens - 1) / decode time``.
 
-Memory: ``peak_rss_bytes`` is the process's peak resident memory during these runs (Linux: the
-high-water mark is reset first; elsewhere it is the peak since process start, and says so);
+Memory: ``peak_rss_bytes`` is the process's peak resident memory during the model's warm-up runs
+(Linux: the high-water mark is reset first; elsewhere it is the peak since process start, and says so);
 it includes every model the process holds, so compare ``weights_bytes`` between models.
 ``peak_gpu_bytes`` is ``torch.cuda.max_memory_allocated`` during the runs.
 
@@ -29,8 +31,9 @@ import statistics
 import tempfile
 import time
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Hashable, Iterator, Mapping
 
 import torch
 from torch import nn
@@ -39,8 +42,8 @@ from ..architectures import UnsupportedModelError, decoder_layers, get_architect
 from ..devices import execution_device, onloaded
 from .generation import greedy_generate, synthetic_prompts
 
-__all__ = ["parameter_counts", "flops_per_token", "checkpoint_bytes", "median_seconds", "peak_memory",
-           "prefill_latency", "decode_throughput", "measure_efficiency"]
+__all__ = ["parameter_counts", "flops_per_token", "checkpoint_bytes", "interleaved_medians", "peak_memory",
+           "measure_efficiency", "measure_efficiencies"]
 
 
 def parameter_counts(model: nn.Module) -> dict[str, int]:
@@ -97,23 +100,28 @@ def checkpoint_bytes(model) -> int:
         return sum(p.stat().st_size for p in target.rglob("*.safetensors"))
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def median_seconds(fn: Callable[[], object], device: torch.device, warmup: int = 1, repeats: int = 5) -> float:
-    """Median wall time of ``fn()`` over ``repeats`` runs after ``warmup`` untimed runs."""
-    for _ in range(warmup):
+def _synced(fn: Callable[[], object], device: torch.device) -> Callable[[], None]:
+    """``fn`` followed by a CUDA synchronisation, so its time includes the queued GPU work."""
+    def run() -> None:
         fn()
-    times = []
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    return run
+
+
+def interleaved_medians(workloads: Mapping[Hashable, Callable[[], object]], repeats: int = 5) -> dict[Hashable, float]:
+    """Median wall time of each workload over ``repeats`` rounds; every round runs each workload once.
+
+    Alternating the workloads spreads a busy machine's slow spells over all of them, so their ratios
+    stay fair. Warm the workloads up before calling; GPU workloads must synchronise at their end.
+    """
+    times: dict[Hashable, list[float]] = {key: [] for key in workloads}
     for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for key, fn in workloads.items():
+            start = time.perf_counter()
+            fn()
+            times[key].append(time.perf_counter() - start)
+    return {key: statistics.median(values) for key, values in times.items()}
 
 
 def _reset_rss_peak() -> bool:
@@ -147,44 +155,62 @@ def peak_memory(device: torch.device) -> Iterator[dict]:
             result["peak_gpu_bytes"] = int(torch.cuda.max_memory_allocated(device))
 
 
-@torch.no_grad()
-def prefill_latency(model, batch: int, seq_len: int, warmup: int = 1, repeats: int = 5) -> dict:
-    """Median seconds of one forward pass over ``(batch, seq_len)`` tokens."""
+def _speed_workloads(model, prefill_batch: int, prefill_seq_len: int, decode_batches, prompt_len: int,
+                     new_tokens: int) -> dict[str, Callable[[], object]]:
+    """``prefill``, and ``decode/B/full`` (``new_tokens``) and ``decode/B/first`` (1 token) per batch size B."""
     device = execution_device(model.get_input_embeddings())
-    ids = synthetic_prompts(model, batch, seq_len).to(device)
-    seconds = median_seconds(lambda: model(input_ids=ids), device, warmup, repeats)
-    return {"batch": batch, "seq_len": seq_len, "median_seconds": seconds, "tokens_per_second": batch * seq_len / seconds}
+    prefill_ids = synthetic_prompts(model, prefill_batch, prefill_seq_len).to(device)
+    workloads: dict[str, Callable[[], object]] = {"prefill": torch.no_grad()(lambda: model(input_ids=prefill_ids))}
+    for batch in decode_batches:
+        prompts = synthetic_prompts(model, batch, prompt_len)
+        workloads[f"decode/{batch}/full"] = partial(greedy_generate, model, prompts, new_tokens, fixed_length=True)
+        workloads[f"decode/{batch}/first"] = partial(greedy_generate, model, prompts, 1, fixed_length=True)
+    return {key: _synced(fn, device) for key, fn in workloads.items()}
 
 
-def decode_throughput(model, batch: int, prompt_len: int = 32, new_tokens: int = 32, warmup: int = 1,
-                      repeats: int = 5) -> dict:
-    """Greedy decode tokens/s at ``batch`` (see module docstring: prefill excluded)."""
+def measure_efficiencies(models: Mapping[str, nn.Module], *, prefill_batch: int = 1, prefill_seq_len: int = 512,
+                         decode_batches=(1, 8), prompt_len: int = 32, new_tokens: int = 32, warmup: int = 1,
+                         repeats: int = 5, flops_seq_len: int | None = None, disk: bool = True) -> dict[str, dict]:
+    """Efficiency of each model (schema: :mod:`pruning_hf.evaluation.report`), timed side by side.
+
+    Each model first runs its workloads ``warmup`` times under :func:`peak_memory` (one model at a
+    time, so each peak is its own); then ``repeats`` rounds time every workload of every model.
+    """
     if new_tokens < 2:
         raise ValueError(f"new_tokens must be >= 2 to separate decode from prefill, got {new_tokens}")
-    device = execution_device(model.get_input_embeddings())
-    prompts = synthetic_prompts(model, batch, prompt_len)
-    full = median_seconds(lambda: greedy_generate(model, prompts, new_tokens, fixed_length=True), device, warmup, repeats)
-    first = median_seconds(lambda: greedy_generate(model, prompts, 1, fixed_length=True), device, warmup, repeats)
-    decode = max(full - first, 1e-9)
-    return {"batch": batch, "prompt_len": prompt_len, "new_tokens": new_tokens, "median_seconds": full,
-            "decode_seconds": decode, "tokens_per_second": batch * (new_tokens - 1) / decode}
+    workloads, results = {}, {}
+    for name, model in models.items():
+        model.eval()
+        device = execution_device(model.get_input_embeddings())
+        own = _speed_workloads(model, prefill_batch, prefill_seq_len, decode_batches, prompt_len, new_tokens)
+        with peak_memory(device) as memory:
+            for _ in range(warmup):
+                for fn in own.values():
+                    fn()
+        workloads.update({(name, key): fn for key, fn in own.items()})
+        params = parameter_counts(model)
+        results[name] = {
+            "device": str(device), "threads": torch.get_num_threads(), "warmup": warmup, "repeats": repeats,
+            "parameters": {"total": params["total"], "nonzero": params["nonzero"]}, "weights_bytes": params["bytes"],
+            "checkpoint_bytes": checkpoint_bytes(model) if disk else None,
+            "flops_per_token": flops_per_token(model, flops_seq_len or prefill_seq_len), "memory": memory,
+            "timed_with": [other for other in models if other != name],
+        }
+    medians = interleaved_medians(workloads, repeats)
+    for name, result in results.items():
+        seconds = medians[(name, "prefill")]
+        result["prefill"] = {"batch": prefill_batch, "seq_len": prefill_seq_len, "median_seconds": seconds,
+                             "tokens_per_second": prefill_batch * prefill_seq_len / seconds}
+        result["decode"] = {}
+        for batch in decode_batches:
+            full, first = medians[(name, f"decode/{batch}/full")], medians[(name, f"decode/{batch}/first")]
+            decode = max(full - first, 1e-9)
+            result["decode"][str(batch)] = {"batch": batch, "prompt_len": prompt_len, "new_tokens": new_tokens,
+                                            "median_seconds": full, "decode_seconds": decode,
+                                            "tokens_per_second": batch * (new_tokens - 1) / decode}
+    return results
 
 
-def measure_efficiency(model, *, prefill_batch: int = 1, prefill_seq_len: int = 512, decode_batches=(1, 8),
-                       prompt_len: int = 32, new_tokens: int = 32, warmup: int = 1, repeats: int = 5,
-                       flops_seq_len: int | None = None, disk: bool = True) -> dict:
-    """All efficiency numbers of ``model`` in one dict (schema: see :mod:`pruning_hf.evaluation.report`)."""
-    model.eval()
-    device = execution_device(model.get_input_embeddings())
-    with peak_memory(device) as memory:
-        prefill = prefill_latency(model, prefill_batch, prefill_seq_len, warmup, repeats)
-        decode = {str(b): decode_throughput(model, b, prompt_len, new_tokens, warmup, repeats) for b in decode_batches}
-    params = parameter_counts(model)
-    return {
-        "device": str(device), "threads": torch.get_num_threads(), "warmup": warmup, "repeats": repeats,
-        "parameters": {"total": params["total"], "nonzero": params["nonzero"]},
-        "weights_bytes": params["bytes"],
-        "checkpoint_bytes": checkpoint_bytes(model) if disk else None,
-        "flops_per_token": flops_per_token(model, flops_seq_len or prefill_seq_len),
-        "prefill": prefill, "decode": decode, "memory": memory,
-    }
+def measure_efficiency(model: nn.Module, **settings) -> dict:
+    """Efficiency of one model (see :func:`measure_efficiencies` for the settings)."""
+    return measure_efficiencies({"model": model}, **settings)["model"]

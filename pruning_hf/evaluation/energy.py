@@ -29,7 +29,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 __all__ = ["DEFAULT_COUNTRY_ISO", "EnergyTracker", "PhaseEnergy", "check_country_iso", "EnergyError"]
 
@@ -90,6 +90,15 @@ class PhaseEnergy:
             return None
         scale = 1000.0 / self.generated_tokens
         return {"kwh_per_1k_tokens": self.energy_kwh * scale, "g_per_1k_tokens": self.emissions_g * scale}
+
+    @classmethod
+    def combined(cls, name: str, records: Sequence["PhaseEnergy"]) -> "PhaseEnergy":
+        """One record summing ``records`` (e.g. the rounds of one workload)."""
+        tokens = sum(r.generated_tokens or 0 for r in records)
+        total = cls(name=name, generated_tokens=tokens or None)
+        for key in ("seconds", "energy_kwh", "cpu_kwh", "gpu_kwh", "ram_kwh", "emissions_kg"):
+            setattr(total, key, sum(getattr(r, key) for r in records))
+        return total
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -45,6 +45,7 @@ JSON schema (``"schema": "pruning_hf.evaluation/1"``)::
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import datetime
 import json
@@ -52,13 +53,14 @@ import os
 import platform
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from ..calibration import DataSourceError, load_texts, tokenize_texts
 from ..config import check_int
 from . import load_metric
-from .energy import DEFAULT_COUNTRY_ISO, EnergyTracker, check_country_iso
+from .energy import DEFAULT_COUNTRY_ISO, EnergyTracker, PhaseEnergy, check_country_iso
 from .generation import DEFAULT_PROMPTS, greedy_generate, greedy_samples, synthetic_prompts
 from .loglikelihood import context_length
 from .tasks import LAST_WORD, Task, load_tasks, parse_task_list
@@ -91,10 +93,15 @@ class EvaluationConfig:
     decode_batches: list[int] = field(default_factory=lambda: [1, 8], metadata={"help": "Decode batch sizes."})
     new_tokens: int = field(default=32, metadata={"help": "Tokens generated per decode timing."})
     disk: bool = field(default=True, metadata={"help": "Measure checkpoint bytes (saves to a temporary folder)."})
+    side_by_side: bool = field(default=False, metadata={"help": (
+        "Keep every model in memory and alternate their speed and energy runs round by round: fair ratios "
+        "on a busy machine, at the cost of memory for all models. Otherwise each model is timed after its "
+        "quality evaluation.")})
     energy: bool = field(default=False, metadata={"help": "codecarbon energy and CO2e per phase."})
     country_iso_code: str = field(default=DEFAULT_COUNTRY_ISO, metadata={"help": "Grid for CO2e (ISO alpha-3)."})
     energy_batch: int = field(default=8, metadata={"help": "Batch of the fixed generation workload."})
     energy_new_tokens: int = field(default=64, metadata={"help": "Tokens per sequence of that workload."})
+    energy_rounds: int = field(default=1, metadata={"help": "Times the workload runs per model (summed)."})
     energy_output_file: str | None = field(default=None, metadata={"help": "Also write codecarbon's CSV here."})
     progress: bool = field(default=True, metadata={"help": "Progress bars."})
 
@@ -102,7 +109,7 @@ class EvaluationConfig:
         if not isinstance(self.text, str) or not self.text.strip():
             raise DataSourceError(f"evaluation text source must be a non-empty string, got {self.text!r}")
         check_int("seq_len", self.seq_len, 2)
-        for name in ("batch_size", "sample_tokens", "repeats", "prefill_batch", "energy_batch"):
+        for name in ("batch_size", "sample_tokens", "repeats", "prefill_batch", "energy_batch", "energy_rounds"):
             check_int(name, getattr(self, name), 1)
         check_int("new_tokens", self.new_tokens, 2)
         check_int("energy_new_tokens", self.energy_new_tokens, 1)
@@ -213,47 +220,53 @@ def _run_task(model, tokenizer, task: Task, config: EvaluationConfig) -> dict:
 
 
 def _evaluate_entry(model, tokenizer, data: EvaluationData, name: str, energy: EnergyTracker | None) -> dict:
-    """Measure one in-memory model on prepared data -> one ``models[]`` entry of the report."""
-    from ..devices import execution_device
-
+    """Quality of one in-memory model on prepared data -> one ``models[]`` entry (costs: :func:`_measure_costs`)."""
     config = data.config
     check_seq_len(model.config, config.seq_len, name)
     model.eval()
-    entry: dict[str, Any] = {"name": name, "model": _model_info(model), "pruning": None, "tasks": {},
-                             "samples": None, "efficiency": None, "energy": None}
     report = getattr(model, "pruning_report", None)
-    if report is not None:
-        entry["pruning"] = report.to_dict()
-    phases: dict[str, Any] = {}
-
-    def phase(label: str, tokens: int | None = None):
-        return energy.phase(f"{name}/{label}", tokens) if energy is not None else nullcontext()
-
-    with phase("perplexity") as record:
+    entry: dict[str, Any] = {"name": name, "model": _model_info(model), "pruning": report.to_dict() if report else None,
+                             "tasks": {}, "samples": None, "efficiency": None, "energy": None}
+    with energy.phase(f"{name}/perplexity") if energy is not None else nullcontext() as record:
         entry["perplexity"] = load_metric("perplexity").compute(
             texts=data.texts, model=model, tokenizer=tokenizer, seq_len=config.seq_len, max_windows=config.max_windows,
             batch_size=config.batch_size, keep_partial=config.keep_partial, progress=config.progress)
     if record is not None:
-        phases["perplexity"] = record
+        entry["energy"] = {"perplexity": record.to_dict()}
     for task in data.tasks:
         entry["tasks"][task.name] = _run_task(model, tokenizer, task, config)
     if config.samples:
         entry["samples"] = greedy_samples(model, tokenizer, DEFAULT_PROMPTS, config.sample_tokens)
-    if config.efficiency:
-        from .efficiency import measure_efficiency
-
-        entry["efficiency"] = measure_efficiency(
-            model, prefill_batch=config.prefill_batch, prefill_seq_len=config.seq_len,
-            decode_batches=config.decode_batches, new_tokens=config.new_tokens, repeats=config.repeats,
-            disk=config.disk)
-    if energy is not None:
-        prompts = synthetic_prompts(model, config.energy_batch, 32).to(execution_device(model.get_input_embeddings()))
-        tokens = config.energy_batch * config.energy_new_tokens
-        with phase("generation", tokens) as record:
-            greedy_generate(model, prompts, config.energy_new_tokens, fixed_length=True)
-        phases["generation"] = record
-        entry["energy"] = {label: p.to_dict() for label, p in phases.items()}
     return entry
+
+
+def _measure_costs(models: Mapping[str, Any], entries: Mapping[str, dict], config: EvaluationConfig,
+                   energy: EnergyTracker | None) -> None:
+    """Efficiency and the energy of the fixed generation workload, filled into ``entries``.
+
+    With several models, their runs alternate round by round (see :func:`measure_efficiencies`).
+    """
+    if config.efficiency:
+        from .efficiency import measure_efficiencies
+
+        results = measure_efficiencies(models, prefill_batch=config.prefill_batch, prefill_seq_len=config.seq_len,
+                                       decode_batches=config.decode_batches, new_tokens=config.new_tokens,
+                                       repeats=config.repeats, disk=config.disk)
+        for name, result in results.items():
+            entries[name]["efficiency"] = result
+    if energy is None:
+        return
+    tokens = config.energy_batch * config.energy_new_tokens
+    workloads = {name: partial(greedy_generate, model, synthetic_prompts(model, config.energy_batch, 32),
+                               config.energy_new_tokens, fixed_length=True) for name, model in models.items()}
+    rounds: dict[str, list[PhaseEnergy]] = {name: [] for name in models}
+    for index in range(config.energy_rounds):
+        for name, run in workloads.items():
+            with energy.phase(f"{name}/generation/{index}", tokens) as record:
+                run()
+            rounds[name].append(record)
+    for name, records in rounds.items():
+        entries[name]["energy"]["generation"] = PhaseEnergy.combined("generation", records).to_dict()
 
 
 # --- the report --------------------------------------------------------------------------------
@@ -308,7 +321,6 @@ def _rows(report: "EvaluationReport") -> list[_Row]:
         _Row("peak GPU memory (MB)", _scaled(_path(*eff, "memory", "peak_gpu_bytes"), 1e-6), "{:.0f}"),
         _Row("energy, generation (Wh / 1k tokens)", _scaled(_path("energy", "generation", "kwh_per_1k_tokens"), 1e3)),
         _Row("CO2e, generation (g / 1k tokens)", _path("energy", "generation", "g_per_1k_tokens")),
-        _Row("energy, perplexity eval (Wh)", _scaled(_path("energy", "perplexity", "energy_kwh"), 1e3)),
         _Row("energy, pruning (Wh)", _scaled(_path("energy", "pruning", "energy_kwh"), 1e3)),
         _Row("CO2e, pruning (g)", _path("energy", "pruning", "emissions_g")),
         _Row("pruning time (s)", _path("pruning", "total_seconds"), "{:.1f}"),
@@ -416,14 +428,17 @@ class EvaluationReport:
         eff = next((e["efficiency"] for e in self.models if e.get("efficiency")), None)
         if eff:
             decode = next(iter(eff["decode"].values()))
-            parts.append(f"Speed: {eff['device']}, {eff['threads']} threads, median of {eff['repeats']} after "
+            threads = f"{eff['threads']} thread{'s' if eff['threads'] != 1 else ''}"
+            together = " (models timed side by side, round by round)" if eff.get("timed_with") else ""
+            parts.append(f"Speed{together}: {eff['device']}, {threads}, median of {eff['repeats']} after "
                          f"{eff['warmup']} warm-up; prefill batch {eff['prefill']['batch']} x {eff['prefill']['seq_len']}, "
                          f"decode {decode['new_tokens']} new tokens after a {decode['prompt_len']}-token prompt.")
         if self.energy:
             parts.append(f"Energy: codecarbon {self.energy['codecarbon_version']}, "
                          f"{self.energy['tracking']['summary']}; grid {self.energy['country_iso_code']}; "
                          f"generation workload {self.settings.get('energy_batch')} x "
-                         f"{self.settings.get('energy_new_tokens')} tokens.")
+                         f"{self.settings.get('energy_new_tokens')} tokens x {self.settings.get('energy_rounds', 1)} "
+                         "round(s) per model.")
         return " ".join(p for p in parts if p)
 
     def save(self, json_path: str | os.PathLike, markdown_path: str | os.PathLike | None = None) -> None:
@@ -486,6 +501,34 @@ def _prepared(config, tokenizer, overrides: dict) -> EvaluationData:
     return prepare_evaluation(EvaluationConfig.coerce(config, **overrides), tokenizer)
 
 
+class _Session:
+    """The entries of one report: each model's costs are measured right after its quality, or, with
+    ``side_by_side``, for all kept models together at the end."""
+
+    def __init__(self, data: EvaluationData, energy: EnergyTracker | None) -> None:
+        self.data, self.energy = data, energy
+        self.entries: dict[str, dict] = {}
+        self.kept: dict[str, Any] = {}
+
+    def add(self, name: str, model, tokenizer, keep_copy: bool = False) -> dict:
+        """Evaluate ``model``; with ``keep_copy`` a side-by-side run keeps a copy (the caller changes it next)."""
+        if name in self.entries:
+            raise ValueError(f"two models are named {name!r}; names must be unique")
+        self.entries[name] = _evaluate_entry(model, tokenizer, self.data, name, self.energy)
+        if self.data.config.side_by_side:
+            self.kept[name] = copy.deepcopy(model) if keep_copy else model
+        else:
+            _measure_costs({name: model}, self.entries, self.data.config, self.energy)
+        return self.entries[name]
+
+    def report(self) -> EvaluationReport:
+        """Measure the kept models side by side (call while the energy tracker runs), then build the report."""
+        if self.kept:
+            _measure_costs(self.kept, self.entries, self.data.config, self.energy)
+            self.kept.clear()
+        return _build(self.data, list(self.entries.values()), self.energy)
+
+
 def evaluate_model(model, tokenizer=None, config: EvaluationConfig | Mapping | EvaluationData | None = None, *,
                    name: str = "model", **settings: Any) -> EvaluationReport:
     """Measure one model. ``settings`` are :class:`EvaluationConfig` fields, e.g.::
@@ -499,9 +542,10 @@ def evaluate_model(model, tokenizer=None, config: EvaluationConfig | Mapping | E
     data = _prepared(config, tokenizer, settings)
     check_seq_len(model.config, data.config.seq_len, name)
     energy = _energy_tracker(data.config)
+    session = _Session(data, energy)
     with energy if energy is not None else nullcontext():
-        entries = [_evaluate_entry(model, tokenizer, data, name, energy)]
-    return _build(data, entries, energy)
+        session.add(name, model, tokenizer)
+        return session.report()
 
 
 def compare_models(models: Mapping[str, Any], tokenizer=None, config: EvaluationConfig | Mapping | EvaluationData | None = None,
@@ -529,14 +573,14 @@ def compare_models(models: Mapping[str, Any], tokenizer=None, config: Evaluation
     for name, value in items:
         check_seq_len(model_config(value, load_kwargs), data.config.seq_len, name)
     energy = _energy_tracker(data.config)
-    entries = []
+    session = _Session(data, energy)
     with energy if energy is not None else nullcontext():
         for name, value in items:
             model = AutoPrunedModel.from_pretrained(value, progress=data.config.progress, **load_kwargs) \
                 if isinstance(value, str) else value
-            entries.append(_evaluate_entry(model, tokenizer, data, name, energy))
+            session.add(name, model, tokenizer)
             del model
-    return _build(data, entries, energy)
+        return session.report()
 
 
 def prune_and_compare(model, tokenizer, pruning, config: EvaluationConfig | Mapping | EvaluationData | None = None,
@@ -558,8 +602,6 @@ def prune_and_compare(model, tokenizer, pruning, config: EvaluationConfig | Mapp
     phase. With a single config and a loaded model, the report is also attached as
     ``model.evaluation_report`` (``save_pretrained`` writes it as ``evaluation_report.json``).
     """
-    import copy
-
     from ..modeling import AutoPrunedModel, _coerce_config, load_tokenizer, prune, resolve_name
 
     single = not isinstance(pruning, Mapping) or "method" in pruning
@@ -583,20 +625,19 @@ def prune_and_compare(model, tokenizer, pruning, config: EvaluationConfig | Mapp
         return model if last else copy.deepcopy(model)
 
     energy = _energy_tracker(data.config)
-    entries = []
+    session = _Session(data, energy)
     with energy if energy is not None else nullcontext():
-        entries.append(_evaluate_entry(fresh(last=False) if from_name else model, tokenizer, data, dense_name, energy))
+        session.add(dense_name, fresh(last=False) if from_name else model, tokenizer, keep_copy=not from_name)
         for index, (name, pruning_config) in enumerate(runs.items()):
             name = name or pruning_config.describe()
             target = fresh(last=index == len(runs) - 1)
             with energy.phase(f"{name}/pruning") if energy is not None else nullcontext() as pruning_energy:
                 prune(target, pruning_config, tokenizer, progress=progress)
-            entry = _evaluate_entry(target, tokenizer, data, name, energy)
+            entry = session.add(name, target, tokenizer)
             if pruning_energy is not None:
                 entry["energy"]["pruning"] = pruning_energy.to_dict()
-            entries.append(entry)
             del target
-    report = _build(data, entries, energy)
+        report = session.report()
     if single and not from_name:
         model.evaluation_report = report
     return report
