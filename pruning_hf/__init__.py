@@ -4,10 +4,13 @@ __version__ = "0.1.0"
 
 from .config import CalibrationConfig, PruningConfig  # noqa: E402
 from .engine import PruningReport  # noqa: E402
+from .evaluation.energy import EnergyTracker  # noqa: E402
+from .evaluation.report import EvaluationConfig, EvaluationReport, compare_models, evaluate_model  # noqa: E402
 from .methods import available_methods  # noqa: E402
 from .modeling import AutoPrunedModel, prune  # noqa: E402
 from .recipes import Recipe  # noqa: E402
 from .sweep import sweep  # noqa: E402
 
 __all__ = ["AutoPrunedModel", "PruningConfig", "CalibrationConfig", "PruningReport", "prune",
-           "available_methods", "__version__", "Recipe", "sweep"]
+           "available_methods", "__version__", "Recipe", "sweep", "evaluate_model", "compare_models",
+           "EvaluationConfig", "EvaluationReport", "EnergyTracker"]

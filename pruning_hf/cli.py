@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import typing
 from pathlib import Path
@@ -85,10 +86,11 @@ def _add_prune(sub) -> None:
     cal.add_argument("--batch-size", type=int, default=8, help="calibration windows per forward pass")
     cal.add_argument("--text-column", default="text")
     _add_method_options(parser)
-    ev = parser.add_argument_group("quick quality check")
-    ev.add_argument("--eval-text", default=None, help="text source for dense vs pruned perplexity (e.g. embedded@test)")
+    ev = parser.add_argument_group("dense vs pruned evaluation (any of these turns it on; report saved in --output)")
+    ev.add_argument("--eval-text", default=None, help="text source for dense vs pruned perplexity (default embedded@test)")
     ev.add_argument("--eval-seq-len", type=int, default=512)
     ev.add_argument("--eval-windows", type=int, default=40)
+    _add_measurements(ev, prefix="eval-")
     _add_model_loading(parser)
     parser.add_argument("--output", required=True, help="folder for the pruned checkpoint")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -122,41 +124,113 @@ def _hf_kwargs(args) -> dict:
 
 def _run_prune(args) -> int:
     from .calibration import load_texts
-    from .evaluation import text_perplexity
+    from .evaluation.report import EvaluationConfig, model_config, prepare_evaluation, prune_and_compare
     from .modeling import load_model, load_tokenizer, prune, resolve_name
     from .storage import check_output_dir
 
     config = _config_from_args(args)
     check_output_dir(Path(args.output).absolute())
+    evaluate = any((args.eval_text, args.eval_tasks, args.efficiency, args.energy))
+    settings = EvaluationConfig.coerce(_measurement_settings(
+        args, text=args.eval_text or "embedded@test", seq_len=args.eval_seq_len, max_windows=args.eval_windows,
+        tasks=args.eval_tasks)) if evaluate else None
     if config.needs_calibration:
         load_texts(config.calibration.source, config.calibration.text_column)
-    if args.eval_text:
-        load_texts(args.eval_text)
     name = resolve_name(args.model)
     tokenizer = load_tokenizer(name, **_hf_kwargs(args))
+    data = prepare_evaluation(settings, tokenizer, model_config(name, _hf_kwargs(args))) if evaluate else None
     model = load_model(name, **_hf_kwargs(args))
     progress = not args.no_progress
-    rows = []
-
-    def measure(label: str) -> None:
-        if args.eval_text:
-            result = text_perplexity(model, tokenizer, args.eval_text, args.eval_seq_len, args.eval_windows,
-                                     progress=progress)
-            rows.append((label, result))
-
-    measure("dense")
-    report = prune(model, config, tokenizer, progress=progress)
-    measure(config.describe())
+    if data is not None:
+        evaluation = prune_and_compare(model, tokenizer, config, data, progress=progress)
+        report = model.pruning_report
+    else:
+        evaluation, report = None, prune(model, config, tokenizer, progress=progress)
     model.save_pretrained(args.output)
     print(f"pruned {args.model} with {config.describe()}: {report.sparsity:.2%} of {report.targeted_weights:,} "
           f"targeted weights removed in {report.total_seconds:.1f} s; saved to {args.output}")
-    if rows:
-        first = rows[0][1]
-        print(f"\nperplexity on {args.eval_text} ({first['windows']} windows x {first['seq_len']} tokens, "
-              f"{first['tokens']:,} predicted tokens):\n")
-        print("| model | perplexity | vs dense |\n|---|---|---|")
-        for label, result in rows:
-            print(f"| {label} | {result['perplexity']:.3f} | {result['perplexity'] / first['perplexity']:.3f}x |")
+    if evaluation is not None:
+        print(f"\n{evaluation.to_markdown()}\n\n(full report: {Path(args.output) / 'evaluation_report.json'})")
+    return 0
+
+
+def _add_measurements(group, prefix: str = "") -> None:
+    """Flags shared by `eval` and `prune`: tasks, efficiency, energy (``prefix`` avoids clashes in `prune`)."""
+    from .evaluation.energy import DEFAULT_COUNTRY_ISO
+
+    group.add_argument(f"--{prefix}tasks", default=None,
+                       help="comma-separated tasks: piqa, arc_easy, arc_challenge, hellaswag, boolq, winogrande, "
+                            "lambada (Hub, via datasets) or NAME=FILE.jsonl (local; see pruning_hf.evaluation.tasks)")
+    group.add_argument(f"--{prefix}task-limit", dest="task_limit", type=int, default=None,
+                       help="first N examples of each task")
+    group.add_argument("--efficiency", action="store_true",
+                       help="also measure latency, tokens/s, peak memory, checkpoint size and FLOPs")
+    group.add_argument("--repeats", type=int, default=5, help="timed repeats per speed measurement (median)")
+    group.add_argument("--energy", action="store_true",
+                       help="also measure energy and CO2e with codecarbon (offline; says whether RAPL or an estimate)")
+    group.add_argument("--country-iso", default=DEFAULT_COUNTRY_ISO,
+                       help=f"ISO alpha-3 country of the electricity grid for CO2e (default {DEFAULT_COUNTRY_ISO})")
+    group.add_argument("--no-samples", action="store_true", help="skip the greedy generation samples")
+
+
+def _measurement_settings(args, **given) -> dict:
+    return {**given, "task_limit": args.task_limit, "efficiency": args.efficiency, "repeats": args.repeats,
+            "energy": args.energy, "country_iso_code": args.country_iso, "samples": not args.no_samples,
+            "progress": not args.no_progress}
+
+
+def _add_eval(sub) -> None:
+    parser = sub.add_parser(
+        "eval", help="evaluate models on identical data; one table with ratios against the first",
+        description="Evaluate each MODEL (Hub id, local folder, or embedded:NAME) in one process on the same "
+                    "text and tasks, and print one table with ratios against the first MODEL (the baseline).")
+    parser.add_argument("models", nargs="+", metavar="MODEL")
+    parser.add_argument("--names", default=None, help="comma-separated display names (default: the MODEL arguments)")
+    data = parser.add_argument_group("data")
+    data.add_argument("--text", default="embedded@test",
+                      help="perplexity text: embedded[@test] | FILE | FOLDER | HUB_ID[:CONFIG][@SPLIT] (default embedded@test)")
+    data.add_argument("--text-column", default="text")
+    data.add_argument("--seq-len", type=int, default=512, help="tokens per perplexity window (default 512)")
+    data.add_argument("--max-windows", type=int, default=40, help="perplexity windows (default 40)")
+    data.add_argument("--batch-size", type=int, default=4, help="sequences per forward pass")
+    _add_measurements(parser.add_argument_group("measurements"))
+    out = parser.add_argument_group("output")
+    out.add_argument("--json", required=True, help="write the full report (JSON) here")
+    out.add_argument("--markdown", default=None, help="also write the markdown table here")
+    _add_model_loading(parser)
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.set_defaults(func=_run_eval)
+
+
+def _check_report_path(path: str, flag: str) -> None:
+    target = Path(path)
+    if target.is_dir():
+        raise CLIError(f"{flag} {path!r} is a folder; give a file path")
+    parent = target.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise CLIError(f"{flag} {path!r}: cannot write in {str(parent)!r}")
+
+
+def _run_eval(args) -> int:
+    from .evaluation.report import EvaluationConfig, compare_models
+
+    names = _split(args.names) or list(args.models)
+    if len(names) != len(args.models):
+        raise CLIError(f"--names gives {len(names)} names for {len(args.models)} models")
+    if len(set(names)) != len(names):
+        raise CLIError(f"model names must be unique, got {names}; set --names")
+    _check_report_path(args.json, "--json")
+    if args.markdown:
+        _check_report_path(args.markdown, "--markdown")
+    settings = EvaluationConfig.coerce(_measurement_settings(
+        args, text=args.text, text_column=args.text_column, seq_len=args.seq_len, max_windows=args.max_windows,
+        batch_size=args.batch_size, tasks=args.tasks))
+    report = compare_models(dict(zip(names, args.models)), config=settings, load_kwargs=_hf_kwargs(args))
+    report.save(args.json, args.markdown)
+    print(report.to_markdown())
+    print(f"\nreport written to {args.json}" + (f" and {args.markdown}" if args.markdown else ""))
     return 0
 
 
@@ -338,7 +412,7 @@ def _run_sweep(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pruning-hf", description=__doc__.splitlines()[0].strip("`"))
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_prune, _add_methods, _add_sweep, _add_run, _add_card, _add_push):
+    for add in (_add_prune, _add_eval, _add_methods, _add_sweep, _add_run, _add_card, _add_push):
         add(sub)
     return parser
 

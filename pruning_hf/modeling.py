@@ -1,8 +1,9 @@
 """AutoPrunedModel: load (and prune) a causal LM the way ``AutoModelForCausalLM`` does.
 
-The returned object is a plain ``transformers`` ``PreTrainedModel`` (``generate()`` works) with three
-extra attributes: ``pruning_config``, ``pruning_report`` and ``tokenizer``. Its ``save_pretrained``
-writes a dense safetensors checkpoint + tokenizer + ``pruning_report.json`` atomically; the
+The returned object is a plain ``transformers`` ``PreTrainedModel`` (``generate()`` works) with four
+extra attributes: ``pruning_config``, ``pruning_report``, ``evaluation_report`` (dense vs pruned, when
+asked with ``evaluate=``) and ``tokenizer``. Its ``save_pretrained`` writes a dense safetensors
+checkpoint + tokenizer + ``pruning_report.json`` + ``evaluation_report.json`` atomically; the
 PruningConfig is stored in ``config.json`` under ``pruning_config``, which stock loaders ignore.
 """
 
@@ -139,14 +140,19 @@ def _save_pruned(self, save_directory: str | os.PathLike, **kwargs: Any) -> None
             (tmp / REPORT_FILE).write_text(json.dumps(self.pruning_report.to_dict(), indent=2))
         for name, content in (getattr(self, "attachments", None) or {}).items():  # recipe, evaluation, plots
             (tmp / name).write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
+        if getattr(self, "evaluation_report", None) is not None:
+            from .evaluation.report import REPORT_FILE as EVALUATION_FILE
+
+            (tmp / EVALUATION_FILE).write_text(self.evaluation_report.to_json())
         from .cards import write_model_card
 
         write_model_card(tmp, location=str(save_directory))
 
 
-def _attach(model, config: PruningConfig | None, report, tokenizer):
+def _attach(model, config: PruningConfig | None, report, tokenizer, evaluation=None):
     model.pruning_config = config
     model.pruning_report = report
+    model.evaluation_report = evaluation  # a (re-)pruned model's old evaluation no longer applies
     model.tokenizer = tokenizer
     model.save_pretrained = types.MethodType(_save_pruned, model)
     from .hub import push_model
@@ -160,6 +166,13 @@ def _read_report(name: str):
 
     path = Path(name) / REPORT_FILE
     return PruningReport.from_dict(json.loads(path.read_text())) if path.is_file() else None
+
+
+def _read_evaluation(name: str):
+    from .evaluation.report import REPORT_FILE as EVALUATION_FILE, EvaluationReport
+
+    path = Path(name) / EVALUATION_FILE
+    return EvaluationReport.load(path) if path.is_file() else None
 
 
 def prune(model, config: PruningConfig | dict | str, tokenizer=None, progress: bool = True, windows=None):
@@ -204,7 +217,7 @@ class AutoPrunedModel:
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike,
                         pruning: PruningConfig | dict | str | None = None, *, tokenizer=None,
-                        progress: bool = True, **hf_kwargs: Any):
+                        progress: bool = True, evaluate: bool | dict | Any = False, **hf_kwargs: Any):
         """Load ``pretrained_model_name_or_path`` (Hub id, local folder, or ``embedded:NAME``).
 
         Args:
@@ -212,6 +225,11 @@ class AutoPrunedModel:
                 keeps its recorded ``pruning_config`` and is not pruned again.
             tokenizer: tokenizer to use instead of the checkpoint's own.
             progress: progress bar over layers while pruning.
+            evaluate: ``True`` or evaluation settings (a dict of ``EvaluationConfig`` fields, or an
+                ``EvaluationConfig``; see :mod:`pruning_hf.evaluation.report`). With ``pruning``: measure
+                the model dense, prune it (energy tracked), measure it again on the same data, and
+                attach the comparison as ``model.evaluation_report``; without: measure the model as
+                loaded. ``True`` and dicts include efficiency and energy unless they turn them off.
             **hf_kwargs: passed to ``AutoModelForCausalLM.from_pretrained`` (``device_map``,
                 ``dtype``, ``max_memory``, ``offload_folder``, ``revision``, ``token`` ...).
         """
@@ -222,8 +240,24 @@ class AutoPrunedModel:
             load_texts(config.calibration.source, config.calibration.text_column)  # fail before the big load
         name = resolve_name(pretrained_model_name_or_path)
         tokenizer = tokenizer if tokenizer is not None else load_tokenizer(name, **hf_kwargs)
+        data = None
+        if evaluate is not False and evaluate is not None:
+            from .evaluation.report import EvaluationConfig, model_config, prepare_evaluation
+
+            settings = EvaluationConfig.full(evaluate)
+            data = prepare_evaluation(settings, tokenizer, model_config(name, hf_kwargs))  # fail before the big load
         model = load_model(name, **hf_kwargs)
         if config is None:
-            return _attach(model, stored_pruning_config(model), _read_report(name), tokenizer)
-        prune(model, config, tokenizer, progress=progress)
+            _attach(model, stored_pruning_config(model), _read_report(name), tokenizer, _read_evaluation(name))
+            if data is not None:
+                from .evaluation.report import evaluate_model
+
+                model.evaluation_report = evaluate_model(model, tokenizer, data, name=str(pretrained_model_name_or_path))
+            return model
+        if data is not None:
+            from .evaluation.report import prune_and_compare
+
+            prune_and_compare(model, tokenizer, config, data, progress=progress)
+        else:
+            prune(model, config, tokenizer, progress=progress)
         return model

@@ -93,3 +93,12 @@ def smollm2_path() -> str:
     from pruning_hf.embedded import resolve_model_path
 
     return resolve_model_path("embedded:smollm2-135m")
+
+
+@pytest.fixture
+def one_thread():
+    """Run tiny models on one thread: many times faster than two threads on a busy shared machine."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -1,0 +1,70 @@
+"""Greedy generation: readable samples for a fixed prompt set, and fixed-length token workloads.
+
+Samples let a person see what pruning did to the text (the same prompts for every model);
+fixed-length generation (end-of-sequence suppressed) is the workload of the decode-speed and
+energy measurements, so every model generates exactly the same number of tokens.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from ..devices import execution_device
+
+__all__ = ["DEFAULT_PROMPTS", "greedy_generate", "greedy_samples", "synthetic_prompts"]
+
+DEFAULT_PROMPTS: tuple[str, ...] = (
+    "The capital of France is",
+    "To sort a list of numbers in Python, you can",
+    "Pruning a neural network means",
+    "Once upon a time, in a small village,",
+    "The three primary colors are",
+)
+
+
+def _pad_id(model, tokenizer=None) -> int:
+    for source in (tokenizer, model.generation_config, model.config):
+        for key in ("pad_token_id", "eos_token_id"):
+            value = getattr(source, key, None) if source is not None else None
+            value = value[0] if isinstance(value, (list, tuple)) and value else value
+            if isinstance(value, int):
+                return value
+    return 0
+
+
+@torch.no_grad()
+def greedy_generate(model, input_ids: torch.Tensor, max_new_tokens: int, fixed_length: bool = False,
+                    attention_mask: torch.Tensor | None = None, tokenizer=None) -> torch.Tensor:
+    """Greedy ``generate``; with ``fixed_length`` end-of-sequence is suppressed (exactly ``max_new_tokens``).
+
+    Returns the ``(batch, new tokens)`` generated ids.
+    """
+    device = execution_device(model.get_input_embeddings())
+    input_ids = input_ids.to(device)
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    out = model.generate(input_ids=input_ids, attention_mask=attention_mask.to(device), do_sample=False,
+                         max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens if fixed_length else None,
+                         pad_token_id=_pad_id(model, tokenizer), num_beams=1)
+    return out[:, input_ids.shape[1]:]
+
+
+def synthetic_prompts(model, batch: int, length: int, seed: int = 0) -> torch.Tensor:
+    """``(batch, length)`` seeded random token ids (for speed and energy workloads, where content is irrelevant)."""
+    vocab = model.get_input_embeddings().num_embeddings
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab, (batch, length), generator=generator)
+
+
+def greedy_samples(model, tokenizer, prompts: Sequence[str] = DEFAULT_PROMPTS, max_new_tokens: int = 32) -> list[dict]:
+    """``[{"prompt", "completion", "new_tokens"}]``: greedy continuations, one prompt at a time."""
+    samples = []
+    for prompt in prompts:
+        encoded = tokenizer(prompt, return_tensors="pt")
+        new = greedy_generate(model, encoded["input_ids"], max_new_tokens, attention_mask=encoded.get("attention_mask"),
+                              tokenizer=tokenizer)[0]
+        samples.append({"prompt": prompt, "completion": tokenizer.decode(new, skip_special_tokens=True),
+                        "new_tokens": int(new.numel())})
+    return samples
