@@ -140,8 +140,9 @@ def _run_prune(args) -> int:
     report = prune(model, config, tokenizer, progress=progress)
     measure(config.describe())
     model.save_pretrained(args.output)
+    shrunk = f" ({report.parameters_removed:.1%} of all parameters physically removed)" if report.parameters_removed else ""
     print(f"pruned {args.model} with {config.describe()}: {report.sparsity:.2%} of {report.targeted_weights:,} "
-          f"targeted weights removed in {report.total_seconds:.1f} s; saved to {args.output}")
+          f"targeted weights removed{shrunk} in {report.total_seconds:.1f} s; saved to {args.output}")
     if rows:
         first = rows[0][1]
         print(f"\nperplexity on {args.eval_text} ({first['windows']} windows x {first['seq_len']} tokens, "
