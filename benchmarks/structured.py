@@ -7,8 +7,8 @@ weights; ``--quick``: OPT-125M shape) and SmolLM2-135M, dense vs ``mlp`` (FFN ne
 (KV groups), ``both`` and ``depth`` (whole layers) at each level, plus unstructured 30% magnitude
 (zeros in dense kernels) as the contrast. Dense and pruned are timed in alternation, ``--repeats``
 rounds, medians: prefill = one forward pass over 1 x ``--prefill-len`` tokens; decode = greedy
-tokens/s at batch 1 and 8 after a ``--prompt-len`` prompt, ``t(n+1 tokens) - t(1 token)`` so the
-prompt's prefill is excluded. Ideal speed-ups: decode = bytes of the weights read per token (every
+tokens/s at batch 1 and 8: ``--new-tokens`` cached one-token forward passes after a ``--prompt-len``
+prompt (whose prefill is not timed). Ideal speed-ups: decode = bytes of the weights read per token (every
 parameter except embedding tables that are not the LM head) dense / pruned; prefill = FLOPs dense /
 pruned (2 x Linear weights + attention scores per token). ``ratio`` = measured / ideal.
 
@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import copy
 import gc
+import inspect
 import json
 import platform
 import shlex
@@ -118,9 +119,23 @@ def _seconds(fn, clock: str) -> float:
     return CLOCKS[clock]() - start
 
 
-def _generate(model, prompts: torch.Tensor, new_tokens: int):
-    return model.generate(prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=new_tokens,
-                          min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
+@torch.no_grad()
+def greedy_decode(model, prompts: torch.Tensor, steps: int, clock: str) -> tuple[torch.Tensor, float]:
+    """Greedy tokens ``(batch, steps)`` after ``prompts``, and the seconds of the ``steps`` cached
+    one-token forward passes (the prompt's prefill is not timed)."""
+    cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+    def step(ids, cache):
+        out = model(input_ids=ids, use_cache=True, **{cache_arg: cache})
+        return out.logits[:, -1:].argmax(-1), getattr(out, "cache", None) or out.past_key_values
+
+    token, cache = step(prompts, None)
+    tokens = []
+    start = CLOCKS[clock]()
+    for _ in range(steps):
+        tokens.append(token)
+        token, cache = step(token, cache)
+    return torch.cat(tokens, 1), CLOCKS[clock]() - start
 
 
 def time_once(model, args) -> dict[str, float]:
@@ -131,9 +146,8 @@ def time_once(model, args) -> dict[str, float]:
     result = {"prefill_s": _seconds(lambda: model(input_ids=prefill_ids, use_cache=False), args.clock)}
     for batch in (1, 8):
         prompts = torch.randint(3, vocab, (batch, args.prompt_len), generator=generator)
-        full = _seconds(lambda: _generate(model, prompts, args.new_tokens + 1), args.clock)
-        first = _seconds(lambda: _generate(model, prompts, 1), args.clock)
-        result[f"decode_b{batch}_tok_s"] = batch * args.new_tokens / max(full - first, 1e-9)
+        _, seconds = greedy_decode(model, prompts, args.new_tokens, args.clock)
+        result[f"decode_b{batch}_tok_s"] = batch * args.new_tokens / seconds
     return result
 
 
@@ -141,7 +155,7 @@ def compare_speed(dense, pruned, args) -> dict[str, dict[str, float]]:
     """Median timings of dense and pruned, measured in alternating rounds after one warm-up each."""
     rounds = {"dense": [], "pruned": []}
     for model in (dense, pruned):
-        _generate(model, torch.ones(1, 4, dtype=torch.long), 2)
+        greedy_decode(model, torch.ones(1, 4, dtype=torch.long), 2, args.clock)
     for _ in range(args.repeats):
         for name, model in (("dense", dense), ("pruned", pruned)):
             rounds[name].append(time_once(model, args))
@@ -248,8 +262,8 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="OPT-125M shape, 30%% only, small budgets (~3 min)")
     parser.add_argument("--levels", type=float, nargs="+", default=None, help="default 0.1 0.2 0.3 0.5 (quick: 0.3)")
     parser.add_argument("--repeats", type=int, default=None, help="timing rounds per model (default 3, quick 2)")
-    parser.add_argument("--prefill-len", type=int, default=None, help="prefill tokens (default 128, quick 64)")
-    parser.add_argument("--prompt-len", type=int, default=8)
+    parser.add_argument("--prefill-len", type=int, default=64, help="prefill tokens (batch 1)")
+    parser.add_argument("--prompt-len", type=int, default=4)
     parser.add_argument("--new-tokens", type=int, default=8, help="decode steps timed")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall", help=(
@@ -264,7 +278,6 @@ def main() -> int:
     quick = args.quick
     levels = args.levels or ([0.3] if quick else [0.1, 0.2, 0.3, 0.5])
     args.repeats = args.repeats or (2 if quick else 3)
-    args.prefill_len = args.prefill_len or (64 if quick else 128)
     if args.threads:
         torch.set_num_threads(args.threads)
     args.calibration = args.calibration or ([8, 256] if quick else [16, 256])
@@ -277,6 +290,8 @@ def main() -> int:
     opt_shape = "opt-125m" if quick else "opt-1.3b"
     print(f"speed: {opt_shape}-shaped OPT (random weights), levels {levels}", flush=True)
     opt_speed, _ = run_model(f"{opt_shape} (random)", random_opt(opt_shape), None, args, None, levels)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.with_suffix(".partial.json").write_text(json.dumps({"speed": opt_speed}, indent=2))  # survives a crash
     gc.collect()
     opt_seconds = time.perf_counter() - started
     print("speed and quality: SmolLM2-135M", flush=True)
@@ -303,10 +318,10 @@ def main() -> int:
     print(quality_table(quality, dense_ppl))
     total = time.perf_counter() - started
     print(f"\n{total / 60:.1f} min; `{' '.join(shlex.quote(a) for a in ['python', 'benchmarks/structured.py', *sys.argv[1:]])}`")
-    output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps({"command": " ".join(["python", "benchmarks/structured.py", *sys.argv[1:]]),
                                   "settings": settings, "seconds": total, "speed": speed,
                                   "quality": {"dense_perplexity": dense_ppl, "rows": quality}}, indent=2))
+    output.with_suffix(".partial.json").unlink(missing_ok=True)
     print(f"wrote {output.relative_to(ROOT) if output.is_relative_to(ROOT) else output}")
     return 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 
 import pytest
 import torch
@@ -23,9 +24,19 @@ def structured(**kwargs) -> PruningConfig:
     return PruningConfig(method="structured", calibration=CALIBRATION, **kwargs)
 
 
+@functools.cache
+def calibration_tokens() -> torch.Tensor:
+    """The calibration windows of CALIBRATION, tokenized once per session (the byte tokenizer is slow)."""
+    from pruning_hf.calibration import calibration_windows
+
+    return calibration_windows(PruningConfig(method="wanda", sparsity=0.5, calibration=CALIBRATION).calibration,
+                               byte_tokenizer())
+
+
 def pruned(family: str, config: PruningConfig, layers: int = 2, model=None):
     model = model if model is not None else tiny_model(family, layers=layers)
-    report = prune(model, config, byte_tokenizer(), progress=False)
+    windows = calibration_tokens() if config.needs_calibration else None
+    report = prune(model, config, byte_tokenizer(), progress=False, windows=windows)
     return model, report
 
 
