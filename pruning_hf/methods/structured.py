@@ -211,7 +211,6 @@ class StructuredPruner(PruningMethod):
                              "model without disk/CPU offload (no offload_folder / max_memory spill)")
         self.spec, self.model_config = spec, model.config
         self.layers = decoder_layers(model, spec)
-        self.layer_prefix = spec.layers_path
         if self.options.importance == "fluctuation":
             self._check_bias(self.layers[0])
 
@@ -236,7 +235,7 @@ class StructuredPruner(PruningMethod):
     def _stats_name(self, layer_index: int, kind: str) -> str:
         path, name = ((self.spec.mlp.path, self.spec.mlp.output) if kind == "mlp"
                       else (self.spec.attention.path, self.spec.attention.o))
-        return ".".join(part for part in (self.layer_prefix, str(layer_index), path, name) if part)
+        return ".".join(part for part in (self.spec.layers_path, str(layer_index), path, name) if part)
 
     def _score(self, layer_index: int, kind: str, stats: dict[str, InputStatistics]) -> _LayerScores:
         layer = self.layers[layer_index]
