@@ -210,7 +210,7 @@ def run_model(model_name: str, dense, tokenizer, args, eval_tokens, levels) -> t
         return model, report
 
     importance = "activation" if real else "magnitude"
-    for kind in KINDS:
+    for kind in args.kinds:
         for level in levels:
             model, report = evaluate(kind, level, pruning_config(kind, level, num_layers, importance, calibration))
             speed.append(speed_row(model_name, kind, level, dense, model, report, args))
@@ -261,6 +261,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="OPT-125M shape, 30%% only, small budgets (~3 min)")
     parser.add_argument("--levels", type=float, nargs="+", default=None, help="default 0.1 0.2 0.3 0.5 (quick: 0.3)")
+    parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS), help="what to remove (default: all)")
     parser.add_argument("--repeats", type=int, default=None, help="timing rounds per model (default 3, quick 2)")
     parser.add_argument("--prefill-len", type=int, default=64, help="prefill tokens (batch 1)")
     parser.add_argument("--prompt-len", type=int, default=4)
@@ -294,7 +295,7 @@ def main() -> int:
     opt_speed, _ = run_model(f"{opt_shape} (random, {args.opt_dtype})",
                              random_opt(opt_shape, getattr(torch, args.opt_dtype)), None, args, None, levels)
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.with_suffix(".partial.json").write_text(json.dumps({"speed": opt_speed}, indent=2))  # survives a crash
+    output.with_name(output.name + ".tmp").write_text(json.dumps({"speed": opt_speed}, indent=2))  # survives a crash
     gc.collect()
     opt_seconds = time.perf_counter() - started
     print("speed and quality: SmolLM2-135M", flush=True)
@@ -305,7 +306,9 @@ def main() -> int:
     smol_speed, quality = run_model("smollm2-135m (float32)", smollm2, tokenizer, args, eval_tokens, levels)
 
     speed = opt_speed + smol_speed
-    settings = {"sections_seconds": {"opt": opt_seconds, "smollm2": time.perf_counter() - started - opt_seconds},"levels": levels, "repeats": args.repeats, "prefill": [1, args.prefill_len],
+    smollm2_seconds = time.perf_counter() - started - opt_seconds
+    settings = {"kinds": args.kinds, "sections_seconds": {"opt": opt_seconds, "smollm2": smollm2_seconds},
+                "levels": levels, "repeats": args.repeats, "prefill": [1, args.prefill_len],
                 "decode": {"batches": [1, 8], "prompt_len": args.prompt_len, "new_tokens": args.new_tokens},
                 "calibration": {"source": "embedded", "num_samples": args.calibration[0],
                                 "seq_len": args.calibration[1]},
@@ -325,7 +328,7 @@ def main() -> int:
     output.write_text(json.dumps({"command": " ".join(["python", "benchmarks/structured.py", *sys.argv[1:]]),
                                   "settings": settings, "seconds": total, "speed": speed,
                                   "quality": {"dense_perplexity": dense_ppl, "rows": quality}}, indent=2))
-    output.with_suffix(".partial.json").unlink(missing_ok=True)
+    output.with_name(output.name + ".tmp").unlink(missing_ok=True)
     print(f"wrote {output.relative_to(ROOT) if output.is_relative_to(ROOT) else output}")
     return 0
 

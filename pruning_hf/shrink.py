@@ -144,7 +144,11 @@ def resize_layer(layer: nn.Module, spec: ArchitectureSpec, shape: dict[str, int]
     unknown = sorted(set(shape) - set(current))
     if unknown:
         raise ValueError(f"layer shape keys {unknown} do not apply to this model; it has {sorted(current)}")
+    # index tensors on the CPU: from_pretrained builds the model under a default "meta" device
     if "intermediate_size" in shape and shape["intermediate_size"] != current["intermediate_size"]:
+        if shape["intermediate_size"] > current["intermediate_size"]:
+            raise ValueError(f"cannot widen a layer's MLP from {current['intermediate_size']} to "
+                             f"{shape['intermediate_size']} neurons")
         keep_mlp_neurons(layer, spec, torch.arange(shape["intermediate_size"], device="cpu"))
     num_q = shape.get("num_attention_heads", current.get("num_attention_heads"))
     num_kv = shape.get("num_key_value_heads", current.get("num_key_value_heads"))
@@ -153,8 +157,8 @@ def resize_layer(layer: nn.Module, spec: ArchitectureSpec, shape: dict[str, int]
         if num_kv > current["num_key_value_heads"] or num_q % num_kv or num_q // num_kv > old_group:
             raise ValueError(f"cannot shape a layer with {current['num_attention_heads']} query / "
                              f"{current['num_key_value_heads']} key-value heads to {num_q} / {num_kv}")
-        # index tensors on the CPU: from_pretrained builds the model under a default "meta" device
-        q_heads = torch.tensor([g * old_group + i for g in range(num_kv) for i in range(num_q // num_kv)], device="cpu")
+        q_heads = torch.tensor([g * old_group + i for g in range(num_kv) for i in range(num_q // num_kv)],
+                               device="cpu")
         keep_attention_heads(layer, spec, q_heads, torch.arange(num_kv, device="cpu"))
 
 

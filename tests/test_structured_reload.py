@@ -16,7 +16,7 @@ from test_structured import CALIBRATION, IDS, mqa_gemma, pruned, structured
 from transformers import AutoModelForCausalLM
 
 from pruning_hf import AutoPrunedModel, PruningConfig
-from pruning_hf.hf_integration import QUANT_METHOD, PruningHfConfig
+from pruning_hf.hf_integration import QUANT_METHOD, PruningHfConfig, apply_layer_shapes
 
 
 def save_and_reload(model, folder: Path):
@@ -99,6 +99,17 @@ def test_unknown_feature_asks_for_an_upgrade():
         PruningHfConfig(layer_shapes=None, sparse_format={"kind": "future"})
     with pytest.raises(ValueError, match="positive widths"):
         PruningHfConfig(layer_shapes={"0": {"intermediate_size": 0}})
+
+
+@pytest.mark.parametrize("shapes,match", [
+    ({"5": {"intermediate_size": 8}}, "the model has 2 decoder layers"),
+    ({"0": {"intermediate_size": 80}}, "cannot widen"),
+    ({"0": {"num_attention_heads": 3}}, "cannot shape a layer with 4 query / 2 key-value heads to 3 / 2"),
+    ({"0": {"ffn_dim": 8}}, "do not apply to this model"),
+])
+def test_inconsistent_layer_shapes_are_refused(shapes, match):
+    with pytest.raises(ValueError, match=match):
+        apply_layer_shapes(tiny_model("llama"), shapes)
 
 
 def test_without_pruning_hf_stock_loads_and_per_layer_shapes_fail_loudly(tmp_path):
