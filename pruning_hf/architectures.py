@@ -15,6 +15,7 @@ from torch import nn
 __all__ = [
     "AttentionSpec", "MLPSpec", "ArchitectureSpec", "UnsupportedModelError", "FAMILIES",
     "get_architecture", "decoder_layers", "linear_modules", "is_linear", "supported_model_types",
+    "PER_LAYER_CONFIG_KEYS",
 ]
 
 logger = logging.getLogger(__name__)
@@ -26,13 +27,23 @@ class UnsupportedModelError(ValueError):
 
 @dataclass(frozen=True)
 class AttentionSpec:
-    """Attention projections, relative to a decoder layer (``path`` is the attention submodule)."""
+    """Attention projections, relative to a decoder layer (``path`` is the attention submodule).
+
+    Query head ``h`` reads key/value head ``h // (num_heads // num_kv_heads)`` (the layout of
+    transformers' ``repeat_kv``). The config keys say how a stock config states head counts:
+    ``kv_heads_key=None`` means every query head has its own K/V head (MHA); ``head_dim_key=None``
+    means the family derives ``head_dim = hidden_size / num_heads``, so fewer heads cannot be written
+    in its stock config. ``bias_switch`` is a config flag that adds biases to all projections.
+    """
 
     path: str
     q: str
     k: str
     v: str
     o: str
+    kv_heads_key: str | None = "num_key_value_heads"
+    head_dim_key: str | None = "head_dim"
+    bias_switch: str | None = None
 
 
 @dataclass(frozen=True)
@@ -43,6 +54,7 @@ class MLPSpec:
     inputs: tuple[str, ...]
     output: str
     size_key: str  # config attribute holding the intermediate width
+    bias_switch: str | None = None  # config flag that adds biases to all MLP projections
 
 
 @dataclass(frozen=True)
@@ -54,20 +66,24 @@ class ArchitectureSpec:
     mlp: MLPSpec | None = None
 
 
-_LLAMA_ATTENTION = AttentionSpec("self_attn", "q_proj", "k_proj", "v_proj", "o_proj")
-_GATED_MLP = MLPSpec("mlp", ("gate_proj", "up_proj"), "down_proj", "intermediate_size")
+_LLAMA_ATTENTION = AttentionSpec("self_attn", "q_proj", "k_proj", "v_proj", "o_proj", bias_switch="attention_bias")
+_GATED_MLP = MLPSpec("mlp", ("gate_proj", "up_proj"), "down_proj", "intermediate_size", bias_switch="mlp_bias")
+
+#: config lists with one entry per decoder layer, filtered when layers are removed
+PER_LAYER_CONFIG_KEYS = ("layer_types", "no_rope_layers")
 
 FAMILIES: tuple[ArchitectureSpec, ...] = (
     ArchitectureSpec(
         "opt", ("opt",), "model.decoder.layers",
-        AttentionSpec("self_attn", "q_proj", "k_proj", "v_proj", "out_proj"),
+        AttentionSpec("self_attn", "q_proj", "k_proj", "v_proj", "out_proj", kv_heads_key=None, head_dim_key=None),
         MLPSpec("", ("fc1",), "fc2", "ffn_dim"),
     ),
     ArchitectureSpec(
         "llama", ("llama", "mistral", "qwen2", "qwen3", "smollm3", "olmo2"), "model.layers",
         _LLAMA_ATTENTION, _GATED_MLP,
     ),
-    ArchitectureSpec("gemma3", ("gemma3_text", "gemma2", "gemma"), "model.layers", _LLAMA_ATTENTION, _GATED_MLP),
+    ArchitectureSpec("gemma3", ("gemma3_text", "gemma2", "gemma"), "model.layers", _LLAMA_ATTENTION,
+                     MLPSpec("mlp", ("gate_proj", "up_proj"), "down_proj", "intermediate_size")),
     # GPT-2 fuses q/k/v into one Conv1D (c_attn): unstructured pruning only.
     ArchitectureSpec("gpt2", ("gpt2",), "transformer.h", None, MLPSpec("mlp", ("c_fc",), "c_proj", "n_inner")),
 )

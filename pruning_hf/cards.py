@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 from .embedded import EMBEDDED_MODELS, EMBEDDED_PREFIX, is_embedded
+from .config import PruningConfig
 
 __all__ = ["CARD_FILE", "EVALUATION_FILE", "RECIPE_FILE", "SWEEP_PLOTS", "TEMPLATES", "render_model_card",
            "write_model_card", "reproduce_command", "base_model_id"]
@@ -175,8 +176,7 @@ def render_model_card(folder: str | os.PathLike, repo_id: str | None = None, loc
         base_model=base, library_name="transformers", pipeline_tag="text-generation", model_name=model_name,
         datasets=datasets, tags=["pruning_hf", "pruned", "sparse", pruning["method"], pattern_tag],
         eval_results=eval_results, co2_eq_emissions=_co2_metadata(energy))
-    description = (f"{pruning['method']} {pruning['sparsity']:.0%} {pattern}" if pattern == "unstructured"
-                   else f"{pruning['method']} {pattern}")
+    description = PruningConfig.from_dict(pruning).describe()
     source_for_command = pruned_from if pruned_from and not Path(pruned_from).exists() else "BASE_MODEL"
     plots = [name for name in SWEEP_PLOTS if (folder / name).is_file()]
     config_yaml = yaml.safe_dump(_ordered(pruning), sort_keys=False)

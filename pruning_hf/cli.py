@@ -147,8 +147,9 @@ def _run_prune(args) -> int:
     else:
         evaluation, report = None, prune(model, config, tokenizer, progress=progress)
     model.save_pretrained(args.output)
+    shrunk = f" ({report.parameters_removed:.1%} of all parameters physically removed)" if report.parameters_removed else ""
     print(f"pruned {args.model} with {config.describe()}: {report.sparsity:.2%} of {report.targeted_weights:,} "
-          f"targeted weights removed in {report.total_seconds:.1f} s; saved to {args.output}")
+          f"targeted weights removed{shrunk} in {report.total_seconds:.1f} s; saved to {args.output}")
     if evaluation is not None:
         print(f"\n{evaluation.to_markdown()}\n\n(full report: {Path(args.output) / 'evaluation_report.json'})")
     return 0

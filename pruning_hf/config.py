@@ -220,7 +220,5 @@ class PruningConfig:
         return cls.from_dict(yaml.safe_load(text))
 
     def describe(self) -> str:
-        """One line for logs and reports, e.g. ``wanda 50% unstructured (row)``."""
-        amount = f"{self.sparsity:.0%}" if self.sparsity is not None else ""
-        extra = f" ({self.scope})" if self.scope else ""
-        return " ".join(part for part in (self.method, amount, self.pattern) if part) + extra
+        """One line for logs and reports, e.g. ``wanda 50% unstructured (row)`` (the method words it)."""
+        return self.method_class.describe(self)

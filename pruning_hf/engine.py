@@ -5,7 +5,8 @@
    for light recorders and running the base model once per batch.
 2. For each layer: run it on its inputs with hooks collecting the statistics the method needs,
    let the method prune it, write the weights back (offload-aware), then run it again so its
-   *pruned* outputs become the next layer's inputs.
+   *pruned* outputs become the next layer's inputs (the method may look at both).
+3. Let the method finish on the whole model (structured methods shrink layers or drop them here).
 
 Peak memory is the model plus one layer's statistics plus the stored activations. The engine knows
 nothing of a method's maths; methods know nothing of models, devices or data.
@@ -56,20 +57,29 @@ class PruningReport:
     peak_gpu_bytes: int | None = None
     targeted_weights: int = 0
     pruned_weights: int = 0
+    parameters_before: int = 0
+    parameters_after: int = 0
+    details: dict[str, Any] = field(default_factory=dict)  # method-specific, e.g. removed layers
 
     @property
     def sparsity(self) -> float:
         """Achieved sparsity over all targeted weights."""
         return self.pruned_weights / max(self.targeted_weights, 1)
 
+    @property
+    def parameters_removed(self) -> float:
+        """Fraction of all model parameters physically removed (structured pruning; 0 for masks)."""
+        return 1.0 - self.parameters_after / max(self.parameters_before, 1)
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["sparsity"] = self.sparsity
+        data["parameters_removed"] = self.parameters_removed
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "PruningReport":
-        data = {k: v for k, v in data.items() if k != "sparsity"}
+        data = {k: v for k, v in data.items() if k not in ("sparsity", "parameters_removed")}
         data["layers"] = [LayerRecord(**layer) for layer in data.get("layers", [])]
         return cls(**data)
 
@@ -222,6 +232,12 @@ def _prune_targets(method, index: int, targets: dict[str, nn.Module], stats, rec
             record.linears[name] = {"sparsity": zeros / weight.numel(), "numel": weight.numel()}
 
 
+def _targeted_numel(model: nn.Module, config) -> int:
+    """Weights of the Linears ``config`` targets in the model as it is now."""
+    per_layer, head = select_targets(model, config)
+    return sum(module.weight.numel() for layer in [*per_layer, head] for module in layer.values())
+
+
 def _peak_memory(report: PruningReport) -> None:
     report.peak_rss_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
     if torch.cuda.is_available():
@@ -249,11 +265,14 @@ def prune_model(model: nn.Module, config, windows: torch.Tensor | None = None, p
     layers = decoder_layers(model, spec)
     per_layer, head = select_targets(model, config)
     method = config.method_class(config)
-    report = PruningReport(config=config.to_dict(), model_type=getattr(model.config, "model_type", "?"))
+    method.setup(model)
+    report = PruningReport(config=config.to_dict(), model_type=getattr(model.config, "model_type", "?"),
+                           parameters_before=sum(p.numel() for p in model.parameters()))
     needs_data = method.needs_calibration(config)
     if needs_data and windows is None:
         raise ValueError(f"method {config.method!r} needs calibration windows; pass windows=")
     all_targets = {name: module for layer in per_layer for name, module in layer.items()} | head
+    targeted = _targeted_numel(model, config)
     with onloaded(all_targets.values()):
         method.prepare(all_targets)
 
@@ -270,14 +289,16 @@ def prune_model(model: nn.Module, config, windows: torch.Tensor | None = None, p
         record = LayerRecord(index=index, seconds=0.0)
         targets = per_layer[index]
         stats = {}
-        if needs_data and targets:
+        if needs_data and method.statistics and targets:
             with collect_input_statistics(targets, hessian) as stats:
                 run_layer(layer, captured, index, keep_outputs=False)
         if targets:
             _prune_targets(method, index, targets, stats, record)
         del stats
         if needs_data:
-            captured.hidden = run_layer(layer, captured, index, keep_outputs=True)
+            outputs = run_layer(layer, captured, index, keep_outputs=True)
+            method.observe_layer(index, captured.hidden, outputs)
+            captured.hidden = outputs
         record.seconds = time.perf_counter() - layer_start
         report.layers.append(record)
         bar.set_postfix(seconds=f"{record.seconds:.1f}")
@@ -292,10 +313,13 @@ def prune_model(model: nn.Module, config, windows: torch.Tensor | None = None, p
         _prune_targets(method, len(layers), head, stats, record)
         record.seconds = time.perf_counter() - head_start
         report.layers.append(record)
+    report.details = method.finalize(model)
     for record in report.layers:
         for info in record.linears.values():
-            report.targeted_weights += info["numel"]
             report.pruned_weights += round(info["sparsity"] * info["numel"])
+    report.targeted_weights = targeted
+    report.pruned_weights += targeted - _targeted_numel(model, config)  # physically removed (structured)
+    report.parameters_after = sum(p.numel() for p in model.parameters())
     report.total_seconds = time.perf_counter() - started
     _peak_memory(report)
     return report

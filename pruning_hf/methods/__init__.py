@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 from .base import PruningMethod
+from .depth import DepthPruner
 from .magnitude import MagnitudePruner
 from .sparsegpt import SparseGPTPruner
+from .structured import StructuredPruner
 from .wanda import WandaPruner
 
 METHODS: dict[str, type[PruningMethod]] = {
     "magnitude": MagnitudePruner,
     "wanda": WandaPruner,
     "sparsegpt": SparseGPTPruner,
+    "structured": StructuredPruner,
+    "depth": DepthPruner,
 }
 
 

@@ -90,9 +90,29 @@ class PruningMethod:
     def needs_calibration(cls, config) -> bool:
         return cls.statistics is not None
 
+    @classmethod
+    def describe(cls, config) -> str:
+        """One line for logs and reports, e.g. ``wanda 50% unstructured (row)``."""
+        amount = f"{config.sparsity:.0%}" if config.sparsity is not None else ""
+        extra = f" ({config.scope})" if config.scope else ""
+        return " ".join(part for part in (config.method, amount, config.pattern) if part) + extra
+
     # --- pruning --------------------------------------------------------------------------------
+    def setup(self, model: nn.Module) -> None:
+        """Optional look at the whole model before calibration (structured methods find layers, check sizes)."""
+
     def prepare(self, targets: dict[str, nn.Module]) -> None:
         """Optional look at every target before the layer loop (e.g. a global threshold)."""
+
+    def observe_layer(self, layer_index: int, inputs: list[torch.Tensor], outputs: list[torch.Tensor]) -> None:
+        """Optional look at a layer's calibration inputs and its (pruned) outputs, ``(batch, seq, hidden)`` each."""
+
+    def finalize(self, model: nn.Module) -> dict[str, Any]:
+        """Optional last step after the layer loop (drop layers, global allocation, config update).
+
+        Returns details for the :class:`~pruning_hf.engine.PruningReport` (e.g. which layers were removed).
+        """
+        return {}
 
     def prune_layer(self, layer_index: int, targets: dict[str, nn.Module],
                     stats: dict[str, InputStatistics]) -> dict[str, torch.Tensor]:
