@@ -162,11 +162,14 @@ def _read_report(name: str):
     return PruningReport.from_dict(json.loads(path.read_text())) if path.is_file() else None
 
 
-def prune(model, config: PruningConfig | dict | str, tokenizer=None, progress: bool = True, windows=None):
+def prune(model, config: PruningConfig | dict | str, tokenizer=None, progress: bool = True, windows=None,
+          activation_storage: str = "cpu"):
     """Prune an already-loaded causal LM in place; returns the :class:`~pruning_hf.engine.PruningReport`.
 
     Calibration windows are built from ``config.calibration`` with ``tokenizer`` unless given.
     The model's config records the PruningConfig, so a saved checkpoint says how it was made.
+    ``activation_storage``: where calibration activations wait between layers ("cpu", a device, or
+    "disk" for models whose activations do not fit in RAM either).
     """
     from .calibration import calibration_windows
     from .engine import prune_model
@@ -177,7 +180,7 @@ def prune(model, config: PruningConfig | dict | str, tokenizer=None, progress: b
             raise ValueError(f"method {config.method!r} needs calibration data: pass tokenizer= (or windows=)")
         max_len = getattr(model.config, "max_position_embeddings", None)
         windows = calibration_windows(config.calibration, tokenizer, max_len)
-    report = prune_model(model, config, windows=windows, progress=progress)
+    report = prune_model(model, config, windows=windows, progress=progress, activation_storage=activation_storage)
     from . import __version__
 
     model.config.pruning_config = {**config.to_dict(), "pruning_hf_version": __version__}
@@ -204,7 +207,7 @@ class AutoPrunedModel:
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike,
                         pruning: PruningConfig | dict | str | None = None, *, tokenizer=None,
-                        progress: bool = True, **hf_kwargs: Any):
+                        progress: bool = True, activation_storage: str = "cpu", **hf_kwargs: Any):
         """Load ``pretrained_model_name_or_path`` (Hub id, local folder, or ``embedded:NAME``).
 
         Args:
@@ -212,8 +215,12 @@ class AutoPrunedModel:
                 keeps its recorded ``pruning_config`` and is not pruned again.
             tokenizer: tokenizer to use instead of the checkpoint's own.
             progress: progress bar over layers while pruning.
+            activation_storage: where calibration activations wait between layers ("cpu", a
+                device, or "disk").
             **hf_kwargs: passed to ``AutoModelForCausalLM.from_pretrained`` (``device_map``,
-                ``dtype``, ``max_memory``, ``offload_folder``, ``revision``, ``token`` ...).
+                ``dtype``, ``max_memory``, ``offload_folder``, ``revision``, ``token`` ...). A model
+                bigger than memory: ``device_map="auto", max_memory={"cpu": "8GiB"},
+                offload_folder="offload"``; the engine then holds one decoder layer at a time.
         """
         from .calibration import load_texts
 
@@ -225,5 +232,5 @@ class AutoPrunedModel:
         model = load_model(name, **hf_kwargs)
         if config is None:
             return _attach(model, stored_pruning_config(model), _read_report(name), tokenizer)
-        prune(model, config, tokenizer, progress=progress)
+        prune(model, config, tokenizer, progress=progress, activation_storage=activation_storage)
         return model

@@ -93,3 +93,13 @@ def smollm2_path() -> str:
     from pruning_hf.embedded import resolve_model_path
 
     return resolve_model_path("embedded:smollm2-135m")
+
+
+@pytest.fixture
+def one_thread():
+    """Run a test with one intra-op thread: on a loaded 2-core machine OpenMP barriers make small
+    matmuls 100x slower with 2 threads. Results are deterministic either way."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
