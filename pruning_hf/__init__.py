@@ -2,6 +2,7 @@
 
 __version__ = "0.1.0"
 
+from . import hf_integration  # noqa: E402,F401  (registers the "pruning_hf" loader with transformers)
 from .config import CalibrationConfig, PruningConfig  # noqa: E402
 from .engine import PruningReport  # noqa: E402
 from .methods import available_methods  # noqa: E402

@@ -1,0 +1,201 @@
+"""Compressed sparse checkpoints: pruned weights stored as their kept values plus a compact layout.
+
+Two layouts, chosen per weight by :func:`compress_weight`:
+
+* **bitmask** (any sparsity): ``weight`` holds the non-zero values in row-major order, 1-D
+  ``(nnz,)``; ``weight_bitmask`` holds one bit per element (``uint8``, ``ceil(numel / 8)`` bytes).
+  fp16/bf16 at 50% sparsity: ``0.5 + 1/16 = 0.5625`` of the dense bytes.
+* **N:M** (at most ``n`` non-zeros in each group of ``m`` consecutive input columns): ``weight``
+  holds ``n`` values per group, ``(out, in * n / m)``; ``weight_nm_index`` holds each value's
+  position in its group in ``ceil(log2 m)`` bits (rounded up to 1, 2, 4 or 8), packed into bytes.
+  fp16/bf16 2:4: ``0.5 + 1/16 = 0.5625`` of the dense bytes.
+
+The compressed ``weight`` deliberately has a shape the model does not expect: a loader that does not
+know the format (transformers without ``pruning_hf`` imported) stops with a size-mismatch error
+instead of silently running a model whose pruned weights were dropped.
+
+:func:`compress_checkpoint` rewrites a saved safetensors checkpoint shard by shard (memory: one
+shard's compressed tensors); the transformers quantizer in :mod:`pruning_hf.hf_integration`
+decompresses while loading. Everything here is a pure function of tensors except the file rewrite.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import torch
+
+from .masks import check_nm
+
+__all__ = [
+    "BITMASK_SUFFIX", "NM_INDEX_SUFFIX", "FORMAT", "pack_bits", "unpack_bits", "bitmask_compress",
+    "bitmask_decompress", "nm_compress", "nm_decompress", "index_bits", "compress_weight",
+    "decompress_weight", "compress_checkpoint",
+]
+
+FORMAT = "pruning_hf.sparse-v1"
+BITMASK_SUFFIX = "_bitmask"    # "<module>.weight_bitmask"
+NM_INDEX_SUFFIX = "_nm_index"  # "<module>.weight_nm_index"
+
+
+def pack_bits(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """Pack integer codes ``< 2**bits`` into bytes, lowest bits first.
+
+    Args:
+        codes: any-shape integer tensor (flattened row-major).
+        bits: 1, 2, 4 or 8.
+    Returns:
+        ``(ceil(codes.numel() * bits / 8),)`` uint8.
+    """
+    if bits not in (1, 2, 4, 8):
+        raise ValueError(f"bits must be 1, 2, 4 or 8, got {bits}")
+    per_byte = 8 // bits
+    flat = codes.reshape(-1).to(torch.uint8)
+    padding = (-flat.numel()) % per_byte
+    if padding:
+        flat = torch.cat([flat, flat.new_zeros(padding)])
+    columns = flat.view(-1, per_byte)
+    packed = columns[:, 0].clone()
+    for j in range(1, per_byte):
+        packed |= columns[:, j] << (j * bits)
+    return packed
+
+
+def unpack_bits(packed: torch.Tensor, bits: int, count: int) -> torch.Tensor:
+    """Inverse of :func:`pack_bits`: ``(count,)`` uint8 codes from packed bytes."""
+    if bits not in (1, 2, 4, 8):
+        raise ValueError(f"bits must be 1, 2, 4 or 8, got {bits}")
+    per_byte = 8 // bits
+    if packed.numel() * per_byte < count:
+        raise ValueError(f"{packed.numel()} packed bytes hold at most {packed.numel() * per_byte} "
+                         f"{bits}-bit codes, {count} requested")
+    shifts = torch.arange(0, 8, bits, dtype=torch.uint8, device=packed.device)
+    codes = (packed.reshape(-1, 1) >> shifts) & ((1 << bits) - 1)
+    return codes.reshape(-1)[:count]
+
+
+def bitmask_compress(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``weight`` (any shape) -> ``(values (nnz,), bitmask (ceil(numel/8),) uint8)``; zeros are dropped."""
+    keep = weight != 0
+    return weight[keep], pack_bits(keep, 1)
+
+
+def bitmask_decompress(values: torch.Tensor, bitmask: torch.Tensor, shape: torch.Size | tuple[int, ...]) -> torch.Tensor:
+    """Dense tensor of ``shape`` with ``values`` at the set bits of ``bitmask`` (row-major), zeros elsewhere."""
+    numel = math.prod(shape)
+    keep = unpack_bits(bitmask, 1, numel).bool()
+    if int(keep.sum()) != values.numel():
+        raise ValueError(f"bitmask marks {int(keep.sum())} non-zeros but {values.numel()} values are stored")
+    dense = values.new_zeros(numel)
+    dense[keep] = values
+    return dense.view(shape)
+
+
+def index_bits(m: int) -> int:
+    """Bits per in-group position for groups of ``m``: ``ceil(log2 m)`` rounded up to 1, 2, 4 or 8."""
+    if not 2 <= m <= 256:
+        raise ValueError(f"N:M group size m must be in [2, 256], got {m}")
+    needed = max(1, math.ceil(math.log2(m)))
+    return next(bits for bits in (1, 2, 4, 8) if bits >= needed)
+
+
+def nm_compress(weight: torch.Tensor, n: int, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(out, in)`` N:M-sparse weight -> ``(values (out, in*n/m), packed positions uint8)``.
+
+    Groups with fewer than ``n`` non-zeros store explicit zeros, so the result is always dense-shaped.
+    Raises ValueError when the weight is not N:M sparse.
+    """
+    out_features, in_features = weight.shape
+    if not check_nm(weight, n, m):
+        raise ValueError(f"weight of shape {tuple(weight.shape)} is not {n}:{m} sparse")
+    groups = weight.reshape(out_features, in_features // m, m)
+    # stable sort puts the non-zeros of each group first, in column order
+    positions = torch.argsort((groups == 0).to(torch.uint8), dim=-1, stable=True)[..., :n]
+    values = torch.gather(groups, -1, positions)
+    return values.reshape(out_features, -1), pack_bits(positions, index_bits(m))
+
+
+def nm_decompress(values: torch.Tensor, packed_index: torch.Tensor, shape: torch.Size | tuple[int, ...],
+                  n: int, m: int) -> torch.Tensor:
+    """Inverse of :func:`nm_compress`: the dense ``(out, in)`` weight."""
+    out_features, in_features = shape
+    if in_features % m or values.shape != (out_features, in_features // m * n):
+        raise ValueError(f"{n}:{m} values of shape {tuple(values.shape)} do not fit a weight of shape {tuple(shape)}")
+    positions = unpack_bits(packed_index, index_bits(m), values.numel()).long()
+    dense = values.new_zeros(out_features, in_features // m, m)
+    dense.scatter_(-1, positions.view(out_features, -1, n), values.view(out_features, -1, n))
+    return dense.view(out_features, in_features)
+
+
+def compress_weight(weight: torch.Tensor, nm: tuple[int, int] | None = None) -> dict[str, torch.Tensor] | None:
+    """Compressed form of one 2-D floating weight, or ``None`` when storing it dense is smaller.
+
+    Returns ``{"": values, SUFFIX: layout}``: the keys are suffixes appended to the weight's name.
+    N:M layout when ``nm`` is given and the weight satisfies it, else bitmask when that saves bytes.
+    """
+    if weight.ndim != 2 or not weight.is_floating_point():
+        return None
+    if nm is not None and weight.shape[1] % nm[1] == 0 and check_nm(weight, *nm):
+        values, index = nm_compress(weight, *nm)
+        return {"": values, NM_INDEX_SUFFIX: index}
+    nonzeros = int((weight != 0).sum())
+    if nonzeros * weight.element_size() + math.ceil(weight.numel() / 8) >= weight.numel() * weight.element_size():
+        return None
+    values, bitmask = bitmask_compress(weight)
+    return {"": values, BITMASK_SUFFIX: bitmask}
+
+
+def decompress_weight(stored: dict[str, torch.Tensor], shape: torch.Size | tuple[int, ...],
+                      nm: tuple[int, int] | None = None) -> torch.Tensor:
+    """Dense weight from the tensors stored under one name (``""`` values + at most one layout suffix)."""
+    values = stored[""]
+    if BITMASK_SUFFIX in stored:
+        return bitmask_decompress(values, stored[BITMASK_SUFFIX], shape)
+    if NM_INDEX_SUFFIX in stored:
+        if nm is None:
+            raise ValueError("an N:M-compressed weight needs the checkpoint's compression config (n, m)")
+        return nm_decompress(values, stored[NM_INDEX_SUFFIX], shape, *nm)
+    return values
+
+
+def compress_checkpoint(folder: str | os.PathLike, nm: tuple[int, int] | None = None) -> dict:
+    """Rewrite the safetensors shards of a saved checkpoint with compressed pruned weights, in place.
+
+    Every 2-D floating ``*.weight`` tensor that is smaller compressed is replaced (see
+    :func:`compress_weight`); the shard index, if any, is updated. Call it inside
+    :func:`~pruning_hf.storage.atomic_directory` so a failure leaves no half-written checkpoint.
+
+    Returns the ``compression`` entry for the quantization config: format, ``nm`` and counts.
+    """
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    index_path = folder / "model.safetensors.index.json"
+    index = json.loads(index_path.read_text()) if index_path.is_file() else None
+    shards = sorted(set(index["weight_map"].values())) if index else ["model.safetensors"]
+    compressed, total_bytes = 0, 0
+    for shard in shards:
+        path = folder / shard
+        tensors: dict[str, torch.Tensor] = {}
+        with safe_open(path, framework="pt") as reader:
+            metadata = reader.metadata()
+            for name in reader.keys():
+                tensor = reader.get_tensor(name)
+                parts = compress_weight(tensor, nm) if name.endswith(".weight") else None
+                compressed += parts is not None
+                for suffix, part in (parts or {"": tensor}).items():
+                    tensors[name + suffix] = part.contiguous()
+                    total_bytes += part.numel() * part.element_size()
+                    if index is not None:
+                        index["weight_map"][name + suffix] = shard
+        save_file(tensors, path.with_suffix(".tmp"), metadata=metadata)
+        os.replace(path.with_suffix(".tmp"), path)  # readers of the old file keep their mapping
+        del tensors
+    if index is not None:
+        index["metadata"]["total_size"] = total_bytes
+        index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    return {"format": FORMAT, "nm": list(nm) if nm else None, "compressed_weights": compressed}
