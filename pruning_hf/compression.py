@@ -28,8 +28,6 @@ from pathlib import Path
 
 import torch
 
-from .masks import check_nm
-
 __all__ = [
     "BITMASK_SUFFIX", "NM_INDEX_SUFFIX", "FORMAT", "pack_bits", "unpack_bits", "bitmask_compress",
     "bitmask_decompress", "nm_compress", "nm_decompress", "index_bits", "compress_weight",
@@ -109,11 +107,15 @@ def nm_compress(weight: torch.Tensor, n: int, m: int) -> tuple[torch.Tensor, tor
     Raises ValueError when the weight is not N:M sparse.
     """
     out_features, in_features = weight.shape
-    if not check_nm(weight, n, m):
-        raise ValueError(f"weight of shape {tuple(weight.shape)} is not {n}:{m} sparse")
+    if in_features % m:
+        raise ValueError(f"weight of shape {tuple(weight.shape)} is not {n}:{m} sparse (width not a multiple of {m})")
     groups = weight.reshape(out_features, in_features // m, m)
-    # stable sort puts the non-zeros of each group first, in column order
-    positions = torch.argsort((groups == 0).to(torch.uint8), dim=-1, stable=True)[..., :n]
+    nonzero = (groups != 0).to(torch.int16)
+    if (nonzero.sum(-1, dtype=torch.int16) > n).any():
+        raise ValueError(f"weight of shape {tuple(weight.shape)} is not {n}:{m} sparse")
+    # rank non-zeros first, each kind by column: the n best are the non-zeros (padded with zeros)
+    rank = nonzero * (2 * m) - torch.arange(m, dtype=torch.int16, device=weight.device)
+    positions = torch.topk(rank, n, dim=-1).indices
     values = torch.gather(groups, -1, positions)
     return values.reshape(out_features, -1), pack_bits(positions, index_bits(m))
 
@@ -138,10 +140,13 @@ def compress_weight(weight: torch.Tensor, nm: tuple[int, int] | None = None) -> 
     """
     if weight.ndim != 2 or not weight.is_floating_point():
         return None
-    if nm is not None and weight.shape[1] % nm[1] == 0 and check_nm(weight, *nm):
-        values, index = nm_compress(weight, *nm)
-        return {"": values, NM_INDEX_SUFFIX: index}
-    nonzeros = int((weight != 0).sum())
+    if nm is not None:
+        try:
+            values, index = nm_compress(weight, *nm)
+            return {"": values, NM_INDEX_SUFFIX: index}
+        except ValueError:  # not N:M (an embedding, a Linear left out of pruning): try the bitmask
+            pass
+    nonzeros = int(torch.count_nonzero(weight))
     if nonzeros * weight.element_size() + math.ceil(weight.numel() / 8) >= weight.numel() * weight.element_size():
         return None
     values, bitmask = bitmask_compress(weight)
