@@ -5,10 +5,11 @@ __version__ = "0.1.0"
 from . import hf_integration  # noqa: E402,F401  (registers the "pruning_hf" loader with transformers)
 from .config import CalibrationConfig, PruningConfig  # noqa: E402
 from .engine import PruningReport  # noqa: E402
+from .kernels import enable_2to4_kernels  # noqa: E402
 from .methods import available_methods  # noqa: E402
 from .modeling import AutoPrunedModel, prune  # noqa: E402
 from .recipes import Recipe  # noqa: E402
 from .sweep import sweep  # noqa: E402
 
 __all__ = ["AutoPrunedModel", "PruningConfig", "CalibrationConfig", "PruningReport", "prune",
-           "available_methods", "__version__", "Recipe", "sweep"]
+           "available_methods", "enable_2to4_kernels", "__version__", "Recipe", "sweep"]
