@@ -22,9 +22,11 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import os
 import platform
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -34,6 +36,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+RESULTS = ROOT / "benchmarks" / "results" / "scale.json"
 
 SHAPES = {  # OPT family shapes (facebook/opt-*), vocab 50272, context 2048
     "opt-125m": dict(hidden_size=768, ffn_dim=3072, num_hidden_layers=12, num_attention_heads=12,
@@ -177,8 +180,9 @@ def measure(args) -> dict:
         "peak_above_start": above,
         "one_layer_peak_above_start": one_layer_above,
         "process_peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-        "model_bytes": nbytes(model),
+        "model_bytes": sum(_tensor_bytes(Path(args.checkpoint)).values()),
         "layer_bytes": max(nbytes(layer) for layer in decoder_layers(model)),
+        "embedding_bytes": nbytes(model.get_input_embeddings()),
         "num_layers": len(decoder_layers(model)),
         "activation_bytes": args.samples * args.seq_len * config.hidden_size * model.dtype.itemsize,
         "disk_entries": sum(device == "disk" for device in device_map.values()),
@@ -203,6 +207,148 @@ def run_worker(checkpoint: Path, mode: str, method: str = "wanda", samples: int 
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+# --- memory: in-memory vs offloaded pruning ----------------------------------------------------
+
+MEMORY_RUNS = (  # (mode, extra environment, label)
+    ("memory", {}, "in memory"),
+    ("offload", {}, "offload to disk"),
+    ("offload", {"MALLOC_MMAP_THRESHOLD_": str(MiB)}, "offload to disk, fixed glibc mmap threshold"),
+    ("offload+disk-activations", {}, "offload to disk + activations on disk"),
+)
+
+
+def memory_rows(shapes: list[str], samples: int, seq_len: int) -> list[dict]:
+    rows = []
+    for shape in shapes:
+        checkpoint = bench_checkpoint(shape)
+        reference = None
+        for mode, env, label in MEMORY_RUNS:
+            print(f"  {shape}: {label} ...", file=sys.stderr, flush=True)
+            result = run_worker(checkpoint, mode, samples=samples, seq_len=seq_len, env=env)
+            reference = reference or result["digest"]
+            rows.append({"model": shape, "run": label, **result, "identical_to_in_memory": result["digest"] == reference})
+    return rows
+
+
+def print_memory(rows: list[dict], samples: int, seq_len: int) -> None:
+    print(f"## Peak memory: pruning in memory vs offloaded (Wanda 50%, {samples} x {seq_len} calibration tokens, bf16)\n")
+    print("| model | weights | decoder layer / embedding | run | process peak RSS | pruning peak above start | "
+          "1-layer model's | load + prune s | weights identical |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        print(f"| {row['model']} ({row['num_layers']} layers) | {row['model_bytes'] / MiB:,.0f} MiB | "
+              f"{row['layer_bytes'] / MiB:,.0f} / {row['embedding_bytes'] / MiB:,.0f} MiB | {row['run']} | "
+              f"{row['process_peak_rss'] / MiB:,.0f} MiB | "
+              f"{row['peak_above_start'] / MiB:,.0f} MiB | {row['one_layer_peak_above_start'] / MiB:,.0f} MiB | "
+              f"{row['load_seconds'] + row['prune_seconds']:.0f} | {'yes' if row['identical_to_in_memory'] else 'NO'} |")
+    print()
+
+
+# --- disk: dense vs compressed checkpoints --------------------------------------------------------
+
+DISK_CONFIGS = (("50% unstructured", dict(sparsity=0.5)), ("2:4", dict(pattern="2:4")),
+                ("70% unstructured", dict(sparsity=0.7)))
+
+
+def _median_load_seconds(folders: list[Path], repeats: int = 3) -> list[float]:
+    """Median ``from_pretrained`` time of each folder, loads interleaved so the page cache treats them alike."""
+    from transformers import AutoModelForCausalLM
+
+    times: list[list[float]] = [[] for _ in folders]
+    for _ in range(repeats):
+        for i, folder in enumerate(folders):
+            start = time.perf_counter()
+            AutoModelForCausalLM.from_pretrained(folder)
+            times[i].append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times]
+
+
+def _tensor_bytes(folder: Path) -> dict[str, int]:
+    """Bytes of every tensor in a checkpoint folder, read from the safetensors headers."""
+    from safetensors import safe_open
+
+    item_bytes = {"F32": 4, "F16": 2, "BF16": 2, "U8": 1, "I64": 8}
+    sizes = {}
+    for path in folder.glob("*.safetensors"):
+        with safe_open(path, framework="pt") as reader:
+            for name in reader.keys():
+                piece = reader.get_slice(name)
+                sizes[name] = item_bytes[piece.get_dtype()] * math.prod(piece.get_shape())
+    return sizes
+
+
+def _pruned_tensor_ratio(dense_dir: Path, compressed_dir: Path) -> float:
+    """Stored bytes of the compressed weights (values + layout) over their dense bytes."""
+    from pruning_hf.compression import BITMASK_SUFFIX, NM_INDEX_SUFFIX
+
+    dense, compressed = _tensor_bytes(dense_dir), _tensor_bytes(compressed_dir)
+    names = [name for name in dense if name + BITMASK_SUFFIX in compressed or name + NM_INDEX_SUFFIX in compressed]
+    stored = sum(compressed[name] + compressed.get(name + BITMASK_SUFFIX, 0) + compressed.get(name + NM_INDEX_SUFFIX, 0)
+                 for name in names)
+    return stored / sum(dense[name] for name in names)
+
+
+def disk_rows(shape: str, workdir: Path) -> list[dict]:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from pruning_hf import PruningConfig, prune
+    from pruning_hf.storage import folder_bytes
+
+    checkpoint = bench_checkpoint(shape)
+    ids = torch.randint(0, 50272, (1, 32), generator=torch.Generator().manual_seed(0))
+    rows = []
+    for label, options in DISK_CONFIGS:
+        print(f"  {shape}: {label} dense vs compressed ...", file=sys.stderr, flush=True)
+        model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.bfloat16)
+        prune(model, PruningConfig(method="magnitude", **options), progress=False)
+        dense_dir, compressed_dir = workdir / f"{label}-dense", workdir / f"{label}-compressed"
+        start = time.perf_counter()
+        model.save_pretrained(dense_dir)
+        dense_save = time.perf_counter() - start
+        start = time.perf_counter()
+        model.save_pretrained(compressed_dir, compress=True)
+        compressed_save = time.perf_counter() - start
+        del model
+        dense_load, compressed_load = _median_load_seconds([dense_dir, compressed_dir])
+        dense_model = AutoModelForCausalLM.from_pretrained(dense_dir)
+        compressed_model = AutoModelForCausalLM.from_pretrained(compressed_dir)
+        with torch.no_grad():
+            identical = torch.equal(dense_model(ids).logits, compressed_model(ids).logits)
+        del dense_model, compressed_model
+        rows.append({"model": shape, "pruning": label, "dense_bytes": folder_bytes(dense_dir),
+                     "compressed_bytes": folder_bytes(compressed_dir), "pruned_tensor_ratio": _pruned_tensor_ratio(dense_dir, compressed_dir),
+                     "dense_save_seconds": dense_save, "compressed_save_seconds": compressed_save,
+                     "dense_load_seconds": dense_load, "compressed_load_seconds": compressed_load,
+                     "identical_logits": identical})
+        shutil.rmtree(dense_dir)
+        shutil.rmtree(compressed_dir)
+    return rows
+
+
+def print_disk(rows: list[dict]) -> None:
+    print("## Disk: dense vs compressed checkpoints (bf16, magnitude pruning of every decoder Linear)\n")
+    print("| model | pruning | dense | compressed | folder ratio | pruned tensors ratio | save s dense / compressed "
+          "| load s dense / compressed | identical logits |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        print(f"| {row['model']} | {row['pruning']} | {row['dense_bytes'] / MiB:,.0f} MiB | "
+              f"{row['compressed_bytes'] / MiB:,.0f} MiB | {row['compressed_bytes'] / row['dense_bytes']:.3f}x | "
+              f"{row['pruned_tensor_ratio']:.4f}x | {row['dense_save_seconds']:.1f} / {row['compressed_save_seconds']:.1f} | "
+              f"{row['dense_load_seconds']:.2f} / {row['compressed_load_seconds']:.2f} | "
+              f"{'yes' if row['identical_logits'] else 'NO'} |")
+    print()
+
+
+def hardware() -> dict:
+    import torch
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(os.sysconf("SC_PAGE_SIZE") *
+            os.sysconf("SC_PHYS_PAGES") / 2 ** 30, 1), "torch": torch.__version__, "python": platform.python_version()}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command")
@@ -215,9 +361,27 @@ def main(argv: list[str] | None = None) -> None:
     worker.add_argument("--batch-size", type=int, default=4)
     worker.add_argument("--max-memory", default="1MB")
     worker.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="opt-125m shape only")
+    parser.add_argument("--shapes", default=None, help=f"comma-separated, from {', '.join(SHAPES)}")
+    parser.add_argument("--samples", type=int, default=4, help="calibration windows")
+    parser.add_argument("--seq-len", type=int, default=256, help="tokens per calibration window")
     args = parser.parse_args(argv)
     if args.command == "measure":
         print(json.dumps(measure(args)))
+        return
+    shapes = args.shapes.split(",") if args.shapes else (["opt-125m"] if args.quick else list(SHAPES))
+    unknown = sorted(set(shapes) - set(SHAPES))
+    if unknown:
+        parser.error(f"unknown shape(s) {unknown}; choose from {', '.join(SHAPES)}")
+    result = {"hardware": hardware(), "memory": memory_rows(shapes, args.samples, args.seq_len)}
+    with tempfile.TemporaryDirectory(prefix="pruning_hf_disk_") as workdir:
+        result["disk"] = disk_rows(shapes[-1], Path(workdir))
+    hw = result["hardware"]
+    print(f"Hardware: {hw['cpu']}, {hw['cores']} cores, {hw['memory_gib']} GiB RAM, torch {hw['torch']} (CPU)\n")
+    print_memory(result["memory"], args.samples, args.seq_len)
+    print_disk(result["disk"])
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -5,10 +5,11 @@ Two layouts, chosen per weight by :func:`compress_weight`:
 * **bitmask** (any sparsity): ``weight`` holds the non-zero values in row-major order, 1-D
   ``(nnz,)``; ``weight_bitmask`` holds one bit per element (``uint8``, ``ceil(numel / 8)`` bytes).
   fp16/bf16 at 50% sparsity: ``0.5 + 1/16 = 0.5625`` of the dense bytes.
-* **N:M** (at most ``n`` non-zeros in each group of ``m`` consecutive input columns): ``weight``
-  holds ``n`` values per group, ``(out, in * n / m)``; ``weight_nm_index`` holds each value's
-  position in its group in ``ceil(log2 m)`` bits (rounded up to 1, 2, 4 or 8), packed into bytes.
-  fp16/bf16 2:4: ``0.5 + 1/16 = 0.5625`` of the dense bytes.
+* **N:M** (at most ``n`` non-zeros in each group of ``m <= 8`` consecutive input columns):
+  ``weight`` holds ``n`` values per group, ``(out, in * n / m)``, the layout of the 2:4 GPU kernels'
+  values; ``weight_nm_index`` holds each value's position in its group in ``ceil(log2 m)`` bits
+  (rounded up to 1, 2 or 4), packed into bytes. fp16/bf16 2:4: ``0.5 + 1/16 = 0.5625`` of the dense
+  bytes, like the bitmask, but decompressed by a plain scatter; 1:4: ``0.25 + 1/32``.
 
 The compressed ``weight`` deliberately has a shape the model does not expect: a loader that does not
 know the format (transformers without ``pruning_hf`` imported) stops with a size-mismatch error
@@ -21,11 +22,13 @@ decompresses while loading. Everything here is a pure function of tensors except
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 
 __all__ = [
@@ -36,6 +39,8 @@ __all__ = [
 
 FORMAT = "pruning_hf.sparse-v1"
 BITMASK_SUFFIX = "_bitmask"    # "<module>.weight_bitmask"
+MAX_NM_GROUP = 8  # larger groups are stored with the bitmask layout
+_INT_VIEW = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}  # same-size views of float dtypes
 NM_INDEX_SUFFIX = "_nm_index"  # "<module>.weight_nm_index"
 
 
@@ -75,49 +80,90 @@ def unpack_bits(packed: torch.Tensor, bits: int, count: int) -> torch.Tensor:
     return codes.reshape(-1)[:count]
 
 
+def _cpu_bits(tensor: torch.Tensor) -> np.ndarray:
+    """Flat numpy view of a CPU tensor's bit patterns (numpy has no bfloat16)."""
+    return tensor.contiguous().reshape(-1).view(_INT_VIEW[tensor.element_size()]).numpy()
+
+
 def bitmask_compress(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``weight`` (any shape) -> ``(values (nnz,), bitmask (ceil(numel/8),) uint8)``; zeros are dropped."""
-    keep = weight != 0
-    return weight[keep], pack_bits(keep, 1)
+    """``weight`` (any shape) -> ``(values (nnz,), bitmask (ceil(numel/8),) uint8)``; zeros (+0 and -0) are dropped."""
+    if weight.device.type != "cpu":
+        return _bitmask_compress_torch(weight)
+    bits = _cpu_bits(weight)  # on CPU numpy's index gather is several times faster than torch's mask indexing
+    keep = (bits & np.iinfo(bits.dtype).max) != 0  # all bits but the sign: -0.0 is a zero
+    values = torch.from_numpy(bits[np.flatnonzero(keep)]).view(weight.dtype)
+    return values, torch.from_numpy(np.packbits(keep, bitorder="little"))
 
 
 def bitmask_decompress(values: torch.Tensor, bitmask: torch.Tensor, shape: torch.Size | tuple[int, ...]) -> torch.Tensor:
     """Dense tensor of ``shape`` with ``values`` at the set bits of ``bitmask`` (row-major), zeros elsewhere."""
+    if values.device.type != "cpu":
+        return _bitmask_decompress_torch(values, bitmask, shape)
+    numel = math.prod(shape)
+    positions = np.flatnonzero(np.unpackbits(bitmask.numpy(), count=numel, bitorder="little").view(np.bool_))
+    _check_count(positions.size, values)
+    bits = _cpu_bits(values)
+    dense = np.zeros(numel, dtype=bits.dtype)
+    dense[positions] = bits
+    return torch.from_numpy(dense).view(values.dtype).view(shape)
+
+
+def _bitmask_compress_torch(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`bitmask_compress` in torch ops, for tensors on an accelerator."""
+    keep = weight.reshape(-1) != 0
+    return weight.reshape(-1)[keep], pack_bits(keep, 1)
+
+
+def _bitmask_decompress_torch(values: torch.Tensor, bitmask: torch.Tensor, shape) -> torch.Tensor:
+    """:func:`bitmask_decompress` in torch ops, for tensors on an accelerator."""
     numel = math.prod(shape)
     keep = unpack_bits(bitmask, 1, numel).bool()
-    if int(keep.sum()) != values.numel():
-        raise ValueError(f"bitmask marks {int(keep.sum())} non-zeros but {values.numel()} values are stored")
-    dense = values.new_zeros(numel)
-    dense[keep] = values
-    return dense.view(shape)
+    _check_count(int(keep.sum()), values)
+    return values.new_zeros(numel).masked_scatter_(keep, values).view(shape)
+
+
+def _check_count(marked: int, values: torch.Tensor) -> None:
+    if marked != values.numel():
+        raise ValueError(f"bitmask marks {marked} non-zeros but {values.numel()} values are stored")
 
 
 def index_bits(m: int) -> int:
-    """Bits per in-group position for groups of ``m``: ``ceil(log2 m)`` rounded up to 1, 2, 4 or 8."""
-    if not 2 <= m <= 256:
-        raise ValueError(f"N:M group size m must be in [2, 256], got {m}")
+    """Bits per in-group position for groups of ``m`` (2..8): ``ceil(log2 m)`` rounded up to 1, 2 or 4."""
+    if not 2 <= m <= MAX_NM_GROUP:
+        raise ValueError(f"the N:M layout takes groups of 2 to {MAX_NM_GROUP}, got m={m}")
     needed = max(1, math.ceil(math.log2(m)))
-    return next(bits for bits in (1, 2, 4, 8) if bits >= needed)
+    return next(bits for bits in (1, 2, 4) if bits >= needed)
+
+
+@functools.lru_cache(maxsize=None)
+def _position_table(n: int, m: int) -> torch.Tensor:
+    """``(2**m, n)``: for each non-zero pattern of a group (bit j = column j), the positions to store:
+    its non-zeros in column order, padded with its first zero columns."""
+    rows = []
+    for pattern in range(2 ** m):
+        columns = sorted(range(m), key=lambda j: (not pattern >> j & 1, j))
+        rows.append(columns[:n])
+    return torch.tensor(rows, dtype=torch.int64)
 
 
 def nm_compress(weight: torch.Tensor, n: int, m: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``(out, in)`` N:M-sparse weight -> ``(values (out, in*n/m), packed positions uint8)``.
 
     Groups with fewer than ``n`` non-zeros store explicit zeros, so the result is always dense-shaped.
-    Raises ValueError when the weight is not N:M sparse.
+    Raises ValueError when the weight is not N:M sparse (or ``m`` is above 8).
     """
+    bits = index_bits(m)
     out_features, in_features = weight.shape
     if in_features % m:
         raise ValueError(f"weight of shape {tuple(weight.shape)} is not {n}:{m} sparse (width not a multiple of {m})")
     groups = weight.reshape(out_features, in_features // m, m)
-    nonzero = (groups != 0).to(torch.int16)
-    if (nonzero.sum(-1, dtype=torch.int16) > n).any():
+    nonzero = (groups != 0).to(torch.uint8)
+    if (nonzero.sum(-1, dtype=torch.uint8) > n).any():
         raise ValueError(f"weight of shape {tuple(weight.shape)} is not {n}:{m} sparse")
-    # rank non-zeros first, each kind by column: the n best are the non-zeros (padded with zeros)
-    rank = nonzero * (2 * m) - torch.arange(m, dtype=torch.int16, device=weight.device)
-    positions = torch.topk(rank, n, dim=-1).indices
+    pattern = (nonzero << torch.arange(m, dtype=torch.uint8, device=weight.device)).sum(-1, dtype=torch.uint8)
+    positions = _position_table(n, m).to(weight.device)[pattern.long()]
     values = torch.gather(groups, -1, positions)
-    return values.reshape(out_features, -1), pack_bits(positions, index_bits(m))
+    return values.reshape(out_features, -1), pack_bits(positions, bits)
 
 
 def nm_decompress(values: torch.Tensor, packed_index: torch.Tensor, shape: torch.Size | tuple[int, ...],
@@ -136,18 +182,23 @@ def compress_weight(weight: torch.Tensor, nm: tuple[int, int] | None = None) -> 
     """Compressed form of one 2-D floating weight, or ``None`` when storing it dense is smaller.
 
     Returns ``{"": values, SUFFIX: layout}``: the keys are suffixes appended to the weight's name.
-    N:M layout when ``nm`` is given and the weight satisfies it, else bitmask when that saves bytes.
+    The N:M layout when ``nm`` is given, the weight satisfies it and it is not larger than the bitmask
+    (2:4 and 1:4 yes, 4:8 no: 4 bits per kept value), else the bitmask when that saves bytes.
     """
     if weight.ndim != 2 or not weight.is_floating_point():
         return None
-    if nm is not None:
-        try:
-            values, index = nm_compress(weight, *nm)
-            return {"": values, NM_INDEX_SUFFIX: index}
-        except ValueError:  # not N:M (an embedding, a Linear left out of pruning): try the bitmask
-            pass
-    nonzeros = int(torch.count_nonzero(weight))
-    if nonzeros * weight.element_size() + math.ceil(weight.numel() / 8) >= weight.numel() * weight.element_size():
+    item = weight.element_size()
+    bitmask_bytes = int(torch.count_nonzero(weight)) * item + math.ceil(weight.numel() / 8)
+    if nm is not None and nm[1] <= MAX_NM_GROUP:
+        n, m = nm
+        nm_bytes = weight.numel() // m * n * item + math.ceil(weight.numel() // m * n * index_bits(m) / 8)
+        if nm_bytes <= bitmask_bytes:  # 2:4 ties with the bitmask; its layout decompresses faster
+            try:
+                values, index = nm_compress(weight, n, m)
+                return {"": values, NM_INDEX_SUFFIX: index}
+            except ValueError:  # not N:M (an embedding, a Linear left out of pruning): try the bitmask
+                pass
+    if bitmask_bytes >= weight.numel() * item:
         return None
     values, bitmask = bitmask_compress(weight)
     return {"": values, BITMASK_SUFFIX: bitmask}

@@ -36,7 +36,7 @@ from .methods.base import PruningMethod
 from .statistics import collect_input_statistics
 
 __all__ = ["prune_model", "select_targets", "PruningReport", "NonFiniteError", "CapturedInputs",
-           "capture_layer_inputs", "run_layer"]
+           "check_activation_storage", "capture_layer_inputs", "run_layer"]
 
 
 class NonFiniteError(RuntimeError):
@@ -124,7 +124,7 @@ def select_targets(model: nn.Module, config) -> tuple[list[dict[str, nn.Module]]
     return per_layer, head
 
 
-def _storage_device(storage: torch.device | str) -> torch.device:
+def check_activation_storage(storage: torch.device | str) -> torch.device:
     """The device holding activations for ``activation_storage`` (``"disk"`` stages them on CPU)."""
     try:
         return torch.device("cpu" if str(storage) == "disk" else storage)
@@ -143,7 +143,7 @@ class CapturedInputs:
 
     def __init__(self, num_layers: int, storage: torch.device | str = "cpu") -> None:
         self.on_disk = str(storage) == "disk"
-        self.storage = _storage_device(storage)
+        self.storage = check_activation_storage(storage)
         self.hidden: list[torch.Tensor | str] = []
         self.calls: list[list[tuple[tuple, dict]]] = [[] for _ in range(num_layers)]
         self._folder = tempfile.mkdtemp(prefix="pruning_hf_activations_") if self.on_disk else None
@@ -297,7 +297,7 @@ def prune_model(model: nn.Module, config, windows: torch.Tensor | None = None, p
         A :class:`PruningReport`.
     """
     started = time.perf_counter()
-    _storage_device(activation_storage)  # validate before any work
+    check_activation_storage(activation_storage)  # validate before any work
     model.eval()
     spec = get_architecture(model)
     layers = decoder_layers(model, spec)

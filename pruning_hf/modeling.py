@@ -22,6 +22,7 @@ __all__ = ["AutoPrunedModel", "ModelLoadError", "load_model", "load_tokenizer", 
 
 logger = logging.getLogger(__name__)
 REPORT_FILE = "pruning_report.json"
+OFFLOADED_SHARD_SIZE = "1GB"  # shard size when saving an offloaded model (transformers' default is 50GB)
 _TOKENIZER_KWARGS = ("revision", "token", "trust_remote_code", "cache_dir", "local_files_only")
 
 
@@ -137,6 +138,8 @@ def _save_pruned(self, save_directory: str | os.PathLike, compress: bool = False
     """
     from .storage import atomic_directory
 
+    if {"cpu", "disk"} & set((getattr(self, "hf_device_map", None) or {}).values()):
+        kwargs.setdefault("max_shard_size", OFFLOADED_SHARD_SIZE)  # transformers gathers one shard in RAM
     if compress:
         from .hf_integration import check_quantization_config
 

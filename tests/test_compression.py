@@ -44,7 +44,9 @@ def test_pack_bits_layout_and_errors():
         pack_bits(torch.tensor([1]), 3)
     with pytest.raises(ValueError, match="hold at most 8"):
         unpack_bits(torch.zeros(1, dtype=torch.uint8), 1, 9)
-    assert [index_bits(m) for m in (2, 4, 8, 16, 32)] == [1, 2, 4, 4, 8]
+    assert [index_bits(m) for m in (2, 3, 4, 5, 8)] == [1, 2, 2, 4, 4]
+    with pytest.raises(ValueError, match="groups of 2 to 8, got m=16"):
+        index_bits(16)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
@@ -60,7 +62,21 @@ def test_bitmask_round_trip(dtype, sparsity):
         bitmask_decompress(values[:-1] if values.numel() else torch.ones(1, dtype=dtype), bitmask, weight.shape)
 
 
-@pytest.mark.parametrize("n,m", [(2, 4), (1, 4), (4, 8), (3, 16)])
+def test_bitmask_numpy_and_torch_paths_agree_and_drop_negative_zeros():
+    from pruning_hf.compression import _bitmask_compress_torch, _bitmask_decompress_torch
+
+    weight = torch.randn(8, 64).to(torch.bfloat16)
+    weight[:, ::3] = 0.0
+    weight[:, 1::3] = -0.0
+    values, bitmask = bitmask_compress(weight)
+    torch_values, torch_bitmask = _bitmask_compress_torch(weight)
+    assert torch.equal(values, torch_values) and torch.equal(bitmask, torch_bitmask)
+    assert values.numel() == int((weight != 0).sum())  # -0.0 is not stored
+    assert torch.equal(_bitmask_decompress_torch(values, bitmask, weight.shape), bitmask_decompress(values, bitmask,
+                                                                                                      weight.shape))
+
+
+@pytest.mark.parametrize("n,m", [(2, 4), (1, 4), (4, 8), (3, 8), (1, 2)])
 def test_nm_round_trip_including_groups_with_fewer_non_zeros(n, m):
     weight = torch.randn(16, 64, dtype=torch.bfloat16)
     weight = weight * nm_mask(weight.float().abs(), n, m)
@@ -96,6 +112,12 @@ def test_compress_weight_picks_the_smallest_layout():
     assert _nbytes(nm) / (two_four.numel() * 2) == pytest.approx(0.5625)  # 0.5 values + 2 bits per kept value
     assert torch.equal(decompress_weight(nm, two_four.shape, (2, 4)), two_four)
     assert set(compress_weight(half, (2, 4))) == {"", BITMASK_SUFFIX}  # not 2:4: falls back to the bitmask
+    four_eight = dense * nm_mask(dense.float().abs(), 4, 8)
+    assert set(compress_weight(four_eight, (4, 8))) == {"", BITMASK_SUFFIX}  # 4 bits per value > 1 bit per element
+    one_four = dense * nm_mask(dense.float().abs(), 1, 4)
+    assert _nbytes(compress_weight(one_four, (1, 4))) / (one_four.numel() * 2) == pytest.approx(0.25 + 1 / 32)
+    eight_sixteen = dense * nm_mask(dense.float().abs(), 8, 16)
+    assert set(compress_weight(eight_sixteen, (8, 16))) == {"", BITMASK_SUFFIX}  # groups above 8: bitmask
     with pytest.raises(ValueError, match="needs the checkpoint's compression config"):
         decompress_weight(nm, two_four.shape, None)
 

@@ -132,3 +132,21 @@ def test_bad_activation_storage_is_rejected_before_work():
     model = tiny_model("opt")
     with pytest.raises(ValueError, match="activation_storage='dsk' is neither 'disk' nor a torch device"):
         prune_model(model, PruningConfig(method="magnitude", sparsity=0.5), activation_storage="dsk")
+
+
+def test_cli_prunes_an_offloaded_model_and_saves_it_compressed(make_checkpoint, tmp_path, capsys):
+    from pruning_hf.cli import main
+
+    checkpoint = make_checkpoint("llama")
+    common = ["prune", str(checkpoint), "--method", "magnitude", "--sparsity", "0.5", "--no-progress"]
+    assert main(common + ["--output", str(tmp_path / "memory")]) == 0
+    assert main(common + ["--max-memory", "cpu=20KB", "--offload-folder", str(tmp_path / "offload"),
+                          "--activation-storage", "disk", "--compress", "--output", str(tmp_path / "offloaded")]) == 0
+    reference = AutoModelForCausalLM.from_pretrained(tmp_path / "memory")
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "offloaded")
+    assert all(torch.equal(v, reloaded.state_dict()[k]) for k, v in reference.state_dict().items())
+    assert main(common + ["--activation-storage", "gpu0", "--output", str(tmp_path / "x")]) == 2
+    assert "activation_storage='gpu0' is neither 'disk' nor a torch device" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(common + ["--max-memory", "8GiB", "--output", str(tmp_path / "y")])
+    assert "'8GiB' is not DEVICE=AMOUNT" in capsys.readouterr().err
