@@ -227,3 +227,13 @@ def test_real_model_2to4_compressed_checkpoint_is_smaller_and_identical(tmp_path
     ids = torch.tensor([[1, 504, 3458, 314, 260, 1345, 30, 2]])
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "compressed")
     assert torch.equal(model(ids).logits, loaded(ids).logits)
+
+
+def test_compressed_checkpoint_loads_in_another_dtype(tmp_path):
+    model = _pruned("llama", "2:4")
+    model.save_pretrained(tmp_path / "dense")
+    model.save_pretrained(tmp_path / "compressed", compress=True)
+    dense = AutoModelForCausalLM.from_pretrained(tmp_path / "dense", dtype=torch.float32)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "compressed", dtype=torch.float32)
+    assert loaded.dtype == torch.float32
+    assert all(torch.equal(value, loaded.state_dict()[name]) for name, value in dense.state_dict().items())

@@ -150,3 +150,17 @@ def test_cli_prunes_an_offloaded_model_and_saves_it_compressed(make_checkpoint, 
     with pytest.raises(SystemExit):
         main(common + ["--max-memory", "8GiB", "--output", str(tmp_path / "y")])
     assert "'8GiB' is not DEVICE=AMOUNT" in capsys.readouterr().err
+
+
+def test_cpu_offloaded_weights_map_receives_the_pruned_weights():
+    """accelerate.cpu_offload keeps weights in a plain dict map (how CPU offload works on GPU machines)."""
+    from accelerate import cpu_offload
+
+    cfg = PruningConfig(method="sparsegpt", sparsity=0.5, calibration={"batch_size": 2})
+    windows = torch.randint(0, 256, (4, 32), generator=torch.Generator().manual_seed(0))
+    reference = tiny_model("llama", layers=3)
+    prune_model(reference, cfg, windows=windows, progress=False)
+    model = cpu_offload(tiny_model("llama", layers=3), execution_device=torch.device("cpu"))
+    assert isinstance(model.model.layers[1].mlp.up_proj._hf_hook.weights_map.dataset, dict)
+    prune_model(model, cfg, windows=windows, progress=False)
+    assert torch.equal(reference(windows).logits, model(windows).logits)
