@@ -39,9 +39,9 @@ __all__ = [
 
 FORMAT = "pruning_hf.sparse-v1"
 BITMASK_SUFFIX = "_bitmask"    # "<module>.weight_bitmask"
+NM_INDEX_SUFFIX = "_nm_index"  # "<module>.weight_nm_index"
 MAX_NM_GROUP = 8  # larger groups are stored with the bitmask layout
 _INT_VIEW = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}  # same-size views of float dtypes
-NM_INDEX_SUFFIX = "_nm_index"  # "<module>.weight_nm_index"
 
 
 def pack_bits(codes: torch.Tensor, bits: int) -> torch.Tensor:
@@ -78,6 +78,12 @@ def unpack_bits(packed: torch.Tensor, bits: int, count: int) -> torch.Tensor:
     shifts = torch.arange(0, 8, bits, dtype=torch.uint8, device=packed.device)
     codes = (packed.reshape(-1, 1) >> shifts) & ((1 << bits) - 1)
     return codes.reshape(-1)[:count]
+
+
+def _is_nonzero(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor != 0`` (+0 and -0 are zeros), computed on the bit patterns: several times faster for bf16."""
+    bits = tensor.view(_INT_VIEW[tensor.element_size()])
+    return (bits & torch.iinfo(bits.dtype).max) != 0
 
 
 def _cpu_bits(tensor: torch.Tensor) -> np.ndarray:
@@ -143,7 +149,7 @@ def _position_table(n: int, m: int) -> torch.Tensor:
     for pattern in range(2 ** m):
         columns = sorted(range(m), key=lambda j: (not pattern >> j & 1, j))
         rows.append(columns[:n])
-    return torch.tensor(rows, dtype=torch.int64)
+    return torch.tensor(rows, dtype=torch.uint8)
 
 
 def nm_compress(weight: torch.Tensor, n: int, m: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -157,12 +163,13 @@ def nm_compress(weight: torch.Tensor, n: int, m: int) -> tuple[torch.Tensor, tor
     if in_features % m:
         raise ValueError(f"weight of shape {tuple(weight.shape)} is not {n}:{m} sparse (width not a multiple of {m})")
     groups = weight.reshape(out_features, in_features // m, m)
-    nonzero = (groups != 0).to(torch.uint8)
+    nonzero = _is_nonzero(groups).to(torch.uint8)
     if (nonzero.sum(-1, dtype=torch.uint8) > n).any():
         raise ValueError(f"weight of shape {tuple(weight.shape)} is not {n}:{m} sparse")
     pattern = (nonzero << torch.arange(m, dtype=torch.uint8, device=weight.device)).sum(-1, dtype=torch.uint8)
-    positions = _position_table(n, m).to(weight.device)[pattern.long()]
-    values = torch.gather(groups, -1, positions)
+    table = _position_table(n, m).to(weight.device)
+    positions = table.index_select(0, pattern.view(-1).long()).view(out_features, in_features // m, n)
+    values = torch.gather(groups, -1, positions.long())
     return values.reshape(out_features, -1), pack_bits(positions, bits)
 
 
