@@ -3,15 +3,17 @@
     python benchmarks/scale.py [--quick] [--shapes opt-125m,opt-350m,opt-1.3b]
 
 Memory: OPT-shaped models (random init from OPTConfig, bf16, saved once as safetensors under the temp
-folder) pruned with Wanda 50% in a fresh subprocess per run, so peak RSS (``ru_maxrss``) is that run's
-own: (a) loaded in memory; (b) loaded with ``device_map="auto"``, a small ``max_memory`` and an
-``offload_folder`` so every decoder layer sits on disk and the engine brings one layer at a time in;
-(c) as (b) with the calibration activations on disk too. The pruned weights of all runs are hashed:
-offloading must not change a single bit.
+folder) pruned with Wanda 50% in a fresh subprocess per run: (a) loaded in memory; (b) loaded with
+``device_map="auto"``, ``max_memory={"cpu": "1MB"}`` and an ``offload_folder``, so every weight sits
+on disk and the engine brings one layer at a time in; (b') the same with glibc's mmap threshold
+fixed; (c) as (b) with the calibration activations on disk too. Peak RSS is the kernel's high-water
+mark (``VmHWM``, reset through ``/proc/self/clear_refs`` just before loading). The pruned weights of
+all runs are hashed: offloading must not change a single bit.
 
 Disk: the largest shape magnitude-pruned at 50% unstructured, 2:4 and 70%, saved dense and with
-``save_pretrained(dir, compress=True)``: folder bytes, bytes of the pruned tensors alone, load time
-of ``AutoModelForCausalLM.from_pretrained`` (median of 3, same process) and whether logits match.
+``save_pretrained(dir, compress=True)``: folder bytes, bytes of the pruned tensors alone, time of
+``AutoModelForCausalLM.from_pretrained`` alone and with a first forward pass (which reads every
+weight of a lazily loaded dense model; median of 3, loads interleaved), and whether logits match.
 
 ``python benchmarks/scale.py measure CHECKPOINT --mode offload ...`` is the subprocess worker (also
 used by tests/test_offload.py); it prints one JSON line.
@@ -25,7 +27,6 @@ import json
 import math
 import os
 import platform
-import resource
 import shutil
 import statistics
 import subprocess
@@ -36,7 +37,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-RESULTS = ROOT / "benchmarks" / "results" / "scale.json"
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from common import write_results  # noqa: E402
 
 SHAPES = {  # OPT family shapes (facebook/opt-*), vocab 50272, context 2048
     "opt-125m": dict(hidden_size=768, ffn_dim=3072, num_hidden_layers=12, num_attention_heads=12,
@@ -161,14 +163,14 @@ def measure(args) -> dict:
         start = current_rss()
         reset_peak_rss()
         model, load_seconds, prune_seconds = _load_and_prune(checkpoint, args, windows)
-        return model, peak_rss() - start, load_seconds, prune_seconds
+        return model, start, peak_rss(), load_seconds, prune_seconds
 
     with tempfile.TemporaryDirectory(prefix="pruning_hf_warmup_") as tiny, \
             tempfile.TemporaryDirectory(prefix="pruning_hf_one_layer_") as one:
         _load_and_prune(_save_variant(config, tiny, num_hidden_layers=1, hidden_size=64, ffn_dim=128,
                                       word_embed_proj_dim=64, num_attention_heads=4), args, windows)
-        _, one_layer_above, _, _ = measured_run(_save_variant(config, one, num_hidden_layers=1))
-    model, above, load_seconds, prune_seconds = measured_run(args.checkpoint)
+        _, one_start, one_peak, _, _ = measured_run(_save_variant(config, one, num_hidden_layers=1))
+    model, start, peak, load_seconds, prune_seconds = measured_run(args.checkpoint)
 
     def nbytes(module) -> int:
         return sum(p.numel() * p.element_size() for p in module.parameters())
@@ -177,9 +179,10 @@ def measure(args) -> dict:
     return {
         "mode": args.mode,
         "method": args.method,
-        "peak_above_start": above,
-        "one_layer_peak_above_start": one_layer_above,
-        "process_peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "start_rss": start,
+        "peak_rss": peak,
+        "peak_above_start": peak - start,
+        "one_layer_peak_above_start": one_peak - one_start,
         "model_bytes": sum(_tensor_bytes(Path(args.checkpoint)).values()),
         "layer_bytes": max(nbytes(layer) for layer in decoder_layers(model)),
         "embedding_bytes": nbytes(model.get_input_embeddings()),
@@ -232,13 +235,13 @@ def memory_rows(shapes: list[str], samples: int, seq_len: int) -> list[dict]:
 
 def print_memory(rows: list[dict], samples: int, seq_len: int) -> None:
     print(f"## Peak memory: pruning in memory vs offloaded (Wanda 50%, {samples} x {seq_len} calibration tokens, bf16)\n")
-    print("| model | weights | decoder layer / embedding | run | process peak RSS | pruning peak above start | "
+    print("| model | weights | decoder layer / embedding | run | peak RSS | pruning peak above start | "
           "1-layer model's | load + prune s | weights identical |")
     print("|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         print(f"| {row['model']} ({row['num_layers']} layers) | {row['model_bytes'] / MiB:,.0f} MiB | "
               f"{row['layer_bytes'] / MiB:,.0f} / {row['embedding_bytes'] / MiB:,.0f} MiB | {row['run']} | "
-              f"{row['process_peak_rss'] / MiB:,.0f} MiB | "
+              f"{row['peak_rss'] / MiB:,.0f} MiB | "
               f"{row['peak_above_start'] / MiB:,.0f} MiB | {row['one_layer_peak_above_start'] / MiB:,.0f} MiB | "
               f"{row['load_seconds'] + row['prune_seconds']:.0f} | {'yes' if row['identical_to_in_memory'] else 'NO'} |")
     print()
@@ -250,17 +253,25 @@ DISK_CONFIGS = (("50% unstructured", dict(sparsity=0.5)), ("2:4", dict(pattern="
                 ("70% unstructured", dict(sparsity=0.7)))
 
 
-def _median_load_seconds(folders: list[Path], repeats: int = 3) -> list[float]:
-    """Median ``from_pretrained`` time of each folder, loads interleaved so the page cache treats them alike."""
+def _median_load_seconds(folders: list[Path], ids, repeats: int = 3) -> list[tuple[float, float]]:
+    """Per folder, median seconds of ``from_pretrained`` and of ``from_pretrained`` + a first forward.
+
+    Loads are interleaved so the page cache treats the folders alike.
+    """
+    import torch
     from transformers import AutoModelForCausalLM
 
-    times: list[list[float]] = [[] for _ in folders]
+    times: list[list[tuple[float, float]]] = [[] for _ in folders]
     for _ in range(repeats):
         for i, folder in enumerate(folders):
             start = time.perf_counter()
-            AutoModelForCausalLM.from_pretrained(folder)
-            times[i].append(time.perf_counter() - start)
-    return [statistics.median(t) for t in times]
+            model = AutoModelForCausalLM.from_pretrained(folder)
+            loaded = time.perf_counter() - start
+            with torch.no_grad():
+                model(ids)
+            times[i].append((loaded, time.perf_counter() - start))
+            del model
+    return [(statistics.median(t[0] for t in runs), statistics.median(t[1] for t in runs)) for runs in times]
 
 
 def _tensor_bytes(folder: Path) -> dict[str, int]:
@@ -310,7 +321,8 @@ def disk_rows(shape: str, workdir: Path) -> list[dict]:
         model.save_pretrained(compressed_dir, compress=True)
         compressed_save = time.perf_counter() - start
         del model
-        dense_load, compressed_load = _median_load_seconds([dense_dir, compressed_dir])
+        (dense_load, dense_first), (compressed_load, compressed_first) = _median_load_seconds(
+            [dense_dir, compressed_dir], ids)
         dense_model = AutoModelForCausalLM.from_pretrained(dense_dir)
         compressed_model = AutoModelForCausalLM.from_pretrained(compressed_dir)
         with torch.no_grad():
@@ -320,6 +332,7 @@ def disk_rows(shape: str, workdir: Path) -> list[dict]:
                      "compressed_bytes": folder_bytes(compressed_dir), "pruned_tensor_ratio": _pruned_tensor_ratio(dense_dir, compressed_dir),
                      "dense_save_seconds": dense_save, "compressed_save_seconds": compressed_save,
                      "dense_load_seconds": dense_load, "compressed_load_seconds": compressed_load,
+                     "dense_first_forward_seconds": dense_first, "compressed_first_forward_seconds": compressed_first,
                      "identical_logits": identical})
         shutil.rmtree(dense_dir)
         shutil.rmtree(compressed_dir)
@@ -329,24 +342,24 @@ def disk_rows(shape: str, workdir: Path) -> list[dict]:
 def print_disk(rows: list[dict]) -> None:
     print("## Disk: dense vs compressed checkpoints (bf16, magnitude pruning of every decoder Linear)\n")
     print("| model | pruning | dense | compressed | folder ratio | pruned tensors ratio | save s dense / compressed "
-          "| load s dense / compressed | identical logits |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "| load s dense / compressed | load + 1st forward s dense / compressed | identical logits |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         print(f"| {row['model']} | {row['pruning']} | {row['dense_bytes'] / MiB:,.0f} MiB | "
               f"{row['compressed_bytes'] / MiB:,.0f} MiB | {row['compressed_bytes'] / row['dense_bytes']:.3f}x | "
               f"{row['pruned_tensor_ratio']:.4f}x | {row['dense_save_seconds']:.1f} / {row['compressed_save_seconds']:.1f} | "
               f"{row['dense_load_seconds']:.2f} / {row['compressed_load_seconds']:.2f} | "
+              f"{row['dense_first_forward_seconds']:.2f} / {row['compressed_first_forward_seconds']:.2f} | "
               f"{'yes' if row['identical_logits'] else 'NO'} |")
     print()
 
 
 def hardware() -> dict:
-    import torch
-
+    """CPU model, cores and RAM of this machine."""
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
-    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(os.sysconf("SC_PAGE_SIZE") *
-            os.sysconf("SC_PHYS_PAGES") / 2 ** 30, 1), "torch": torch.__version__, "python": platform.python_version()}
+    return {"cpu": cpu, "cores": os.cpu_count(),
+            "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 30, 1)}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -363,8 +376,8 @@ def main(argv: list[str] | None = None) -> None:
     worker.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="opt-125m shape only")
     parser.add_argument("--shapes", default=None, help=f"comma-separated, from {', '.join(SHAPES)}")
-    parser.add_argument("--samples", type=int, default=4, help="calibration windows")
-    parser.add_argument("--seq-len", type=int, default=256, help="tokens per calibration window")
+    parser.add_argument("--samples", type=int, default=2, help="calibration windows")
+    parser.add_argument("--seq-len", type=int, default=128, help="tokens per calibration window")
     args = parser.parse_args(argv)
     if args.command == "measure":
         print(json.dumps(measure(args)))
@@ -373,15 +386,18 @@ def main(argv: list[str] | None = None) -> None:
     unknown = sorted(set(shapes) - set(SHAPES))
     if unknown:
         parser.error(f"unknown shape(s) {unknown}; choose from {', '.join(SHAPES)}")
-    result = {"hardware": hardware(), "memory": memory_rows(shapes, args.samples, args.seq_len)}
+    memory = memory_rows(shapes, args.samples, args.seq_len)
     with tempfile.TemporaryDirectory(prefix="pruning_hf_disk_") as workdir:
-        result["disk"] = disk_rows(shapes[-1], Path(workdir))
-    hw = result["hardware"]
-    print(f"Hardware: {hw['cpu']}, {hw['cores']} cores, {hw['memory_gib']} GiB RAM, torch {hw['torch']} (CPU)\n")
-    print_memory(result["memory"], args.samples, args.seq_len)
-    print_disk(result["disk"])
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+        disk = disk_rows(shapes[-1], Path(workdir))
+    hw = hardware()
+    print(f"Hardware: {hw['cpu']}, {hw['cores']} cores, {hw['memory_gib']} GiB RAM (CPU only)\n")
+    print_memory(memory, args.samples, args.seq_len)
+    print_disk(disk)
+    setup = {"shapes": shapes, "dtype": "bfloat16", "memory_method": "wanda 50%", "calibration_windows": args.samples,
+             "calibration_seq_len": args.seq_len, "offload_max_memory": {"cpu": "1MB"}, "worker_threads": 2,
+             "disk_method": "magnitude", "hardware": hw}
+    write_results("scale", setup, [{"table": "memory", **row} for row in memory] +
+                  [{"table": "disk", **row} for row in disk])
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ skipped, writes that reason to benchmarks/results/sparse_kernels.json and exits 
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import sys
@@ -28,7 +27,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-RESULTS = ROOT / "benchmarks" / "results" / "sparse_kernels.json"
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from common import write_results  # noqa: E402
 
 OPT_13B_LINEARS = [("q/k/v/out_proj", 2048, 2048), ("fc1", 8192, 2048), ("fc2", 2048, 8192)]
 REFERENCE_LINEAR = ("reference (A100 1.38x)", 10240, 3072)
@@ -117,7 +117,7 @@ def model_rows(batches: list[int], repeats: int, new_tokens: int) -> tuple[list[
 
 
 def hardware() -> dict:
-    info = {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform()}
+    info = {"platform": platform.platform()}
     if torch.cuda.is_available():
         info.update(gpu=torch.cuda.get_device_name(), capability=".".join(map(str, torch.cuda.get_device_capability())),
                     cuda=torch.version.cuda,
@@ -131,18 +131,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from pruning_hf.kernels import semi_structured_support
 
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
     backend, unavailable = semi_structured_support()
     if unavailable:
         print(f"skipped: {unavailable}. Run this benchmark on an Ampere-or-newer NVIDIA GPU.")
-        RESULTS.write_text(json.dumps({"skipped": unavailable, "hardware": hardware()}, indent=2) + "\n")
+        write_results("sparse_kernels", {"skipped": unavailable, "hardware": hardware()}, [])
         return 0
     from torch.sparse import SparseSemiStructuredTensor
 
     SparseSemiStructuredTensor._FORCE_CUTLASS = backend == "cutlass"
     batches = [1, 8, 32]
     repeats = 5 if args.quick else 20
-    result = {"hardware": hardware(), "backend": backend, "linear": linear_rows(batches, repeats)}
+    result = {"hardware": hardware(), "backend": backend, "linear": linear_rows(batches, repeats), "model": []}
     print(f"## 2:4 sparse vs dense, fp16, {result['hardware']['gpu']} ({backend})\n")
     print("| layer | shape | phase | batch | tokens | dense ms | 2:4 ms | speedup |\n|---|---|---|---|---|---|---|---|")
     for row in result["linear"]:
@@ -160,7 +159,10 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 print(f"| prefill ({PREFILL_TOKENS_PER_SEQUENCE} tokens each) | {row['batch']} | "
                       f"{row['dense_s'] * 1e3:.1f} ms | {row['sparse_s'] * 1e3:.1f} ms | {row['speedup']:.2f}x |")
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    setup = {"hardware": result["hardware"], "backend": backend, "dtype": "float16", "batches": batches,
+             "prefill_tokens_per_sequence": PREFILL_TOKENS_PER_SEQUENCE, "model_swap": result.get("model_swap")}
+    write_results("sparse_kernels", setup, [{"table": "linear", **row} for row in result["linear"]] +
+                  [{"table": "model", **row} for row in result["model"]])
     return 0
 
 

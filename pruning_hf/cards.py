@@ -188,6 +188,7 @@ def render_model_card(folder: str | os.PathLike, repo_id: str | None = None, loc
         plots=plots, load_from=location, repo_id=repo_id,
         command=reproduce_command(pruning, source_for_command, model_name),
         unstructured=pattern == "unstructured", pattern=pattern,
+        compressed=bool((config.get("quantization_config") or {}).get("compression")),
         version=pruning.get("pruning_hf_version", "?"))
 
 

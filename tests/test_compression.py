@@ -237,3 +237,14 @@ def test_compressed_checkpoint_loads_in_another_dtype(tmp_path):
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "compressed", dtype=torch.float32)
     assert loaded.dtype == torch.float32
     assert all(torch.equal(value, loaded.state_dict()[name]) for name, value in dense.state_dict().items())
+
+
+def test_model_card_of_a_compressed_checkpoint_says_how_to_load_it(tmp_path):
+    model = _pruned("opt", "50%")
+    model.save_pretrained(tmp_path / "c", compress=True)
+    model.save_pretrained(tmp_path / "d")
+    card = (tmp_path / "c" / "README.md").read_text()
+    assert "import pruning_hf  # pip install pruning-hf" in card and "size-mismatch error" in card
+    assert "Smaller on disk only" in card
+    dense_card = (tmp_path / "d" / "README.md").read_text()
+    assert "import pruning_hf" not in dense_card and "any loader works" in dense_card
