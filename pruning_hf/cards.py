@@ -153,6 +153,7 @@ def render_model_card(folder: str | os.PathLike, repo_id: str | None = None, loc
     base = base_model_id(pruned_from)
     location = repo_id or location or str(folder)
     model_name = location.rstrip("/").split("/")[-1]
+    shrunk = bool(report.get("parameters_removed"))  # structured / depth pruning: tensors got smaller
     pattern = str(pruning.get("pattern", "unstructured"))
     pattern_tag = "unstructured-sparsity" if pattern == "unstructured" else f"{pattern.replace(':', '-')}-sparsity"
     settings = evaluation.get("settings") or {}
@@ -174,7 +175,8 @@ def render_model_card(folder: str | os.PathLike, repo_id: str | None = None, loc
     energy = evaluation.get("pruning_energy")
     card_data = ModelCardData(
         base_model=base, library_name="transformers", pipeline_tag="text-generation", model_name=model_name,
-        datasets=datasets, tags=["pruning_hf", "pruned", "sparse", pruning["method"], pattern_tag],
+        datasets=datasets, tags=["pruning_hf", "pruned", pruning["method"],
+                                 *(["structured-pruning"] if shrunk else ["sparse", pattern_tag])],
         eval_results=eval_results, co2_eq_emissions=_co2_metadata(energy))
     description = PruningConfig.from_dict(pruning).describe()
     source_for_command = pruned_from if pruned_from and not Path(pruned_from).exists() else "BASE_MODEL"
@@ -188,6 +190,9 @@ def render_model_card(folder: str | os.PathLike, repo_id: str | None = None, loc
         plots=plots, load_from=location, repo_id=repo_id,
         command=reproduce_command(pruning, source_for_command, model_name),
         unstructured=pattern == "unstructured", pattern=pattern,
+        compressed=bool((config.get("quantization_config") or {}).get("compression")),
+        layer_shapes=bool((config.get("quantization_config") or {}).get("layer_shapes")),
+        shrunk=shrunk,
         version=pruning.get("pruning_hf_version", "?"))
 
 

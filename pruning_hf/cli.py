@@ -53,6 +53,21 @@ def _add_model_loading(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--device-map", default=None, help="accelerate device map, e.g. auto, cpu, cuda:0")
     group.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit)")
     group.add_argument("--trust-remote-code", action="store_true", help="allow model code from the Hub (off by default)")
+    group.add_argument("--max-memory", default=None, type=_max_memory,
+                       help="memory per device for --device-map auto, e.g. cpu=8GiB or 0=20GiB,cpu=60GiB; the rest is "
+                            "offloaded to --offload-folder and pruned one decoder layer at a time")
+    group.add_argument("--offload-folder", default=None, help="folder for weights offloaded to disk")
+
+
+def _max_memory(text: str) -> dict:
+    """``cpu=8GiB,0=20GiB`` -> ``{"cpu": "8GiB", 0: "20GiB"}`` (accelerate's max_memory)."""
+    budget = {}
+    for part in filter(None, (piece.strip() for piece in text.split(","))):
+        device, _, amount = part.partition("=")
+        if not amount or not (device in ("cpu", "disk", "mps") or device.isdigit()):
+            raise argparse.ArgumentTypeError(f"{part!r} is not DEVICE=AMOUNT (DEVICE: cpu or a GPU index; e.g. cpu=8GiB)")
+        budget[int(device) if device.isdigit() else device] = amount
+    return budget
 
 
 def _add_method_options(parser: argparse.ArgumentParser) -> None:
@@ -93,6 +108,11 @@ def _add_prune(sub) -> None:
     _add_measurements(ev, prefix="eval-")
     _add_model_loading(parser)
     parser.add_argument("--output", required=True, help="folder for the pruned checkpoint")
+    parser.add_argument("--compress", action="store_true",
+                        help="store pruned weights compressed (values + bitmask / N:M indices, ~0.56x at 50%%); "
+                             "loading it needs `import pruning_hf`")
+    parser.add_argument("--activation-storage", default="cpu",
+                        help="where calibration activations wait between layers: cpu, a device, or disk")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.set_defaults(func=_run_prune)
 
@@ -119,17 +139,24 @@ def _hf_kwargs(args) -> dict:
         kwargs["device_map"] = args.device_map
     if args.revision:
         kwargs["revision"] = args.revision
+    if args.max_memory:
+        kwargs["max_memory"] = args.max_memory
+        kwargs.setdefault("device_map", "auto")
+    if args.offload_folder:
+        kwargs["offload_folder"] = args.offload_folder
     return kwargs
 
 
 def _run_prune(args) -> int:
     from .calibration import load_texts
     from .evaluation.report import EvaluationConfig, model_config, prepare_evaluation, prune_and_compare
+    from .engine import check_activation_storage
     from .modeling import load_model, load_tokenizer, prune, resolve_name
     from .storage import check_output_dir
 
     config = _config_from_args(args)
     check_output_dir(Path(args.output).absolute())
+    check_activation_storage(args.activation_storage)
     evaluate = any((args.eval_text, args.eval_tasks, args.efficiency, args.energy))
     settings = EvaluationConfig.coerce(_measurement_settings(
         args, text=args.eval_text or "embedded@test", seq_len=args.eval_seq_len, max_windows=args.eval_windows,
@@ -142,11 +169,13 @@ def _run_prune(args) -> int:
     model = load_model(name, **_hf_kwargs(args))
     progress = not args.no_progress
     if data is not None:
-        evaluation = prune_and_compare(model, tokenizer, config, data, progress=progress)
+        evaluation = prune_and_compare(model, tokenizer, config, data, progress=progress,
+                                       prune_options={"activation_storage": args.activation_storage})
         report = model.pruning_report
     else:
-        evaluation, report = None, prune(model, config, tokenizer, progress=progress)
-    model.save_pretrained(args.output)
+        evaluation, report = None, prune(model, config, tokenizer, progress=progress,
+                                          activation_storage=args.activation_storage)
+    model.save_pretrained(args.output, compress=args.compress)
     shrunk = f" ({report.parameters_removed:.1%} of all parameters physically removed)" if report.parameters_removed else ""
     print(f"pruned {args.model} with {config.describe()}: {report.sparsity:.2%} of {report.targeted_weights:,} "
           f"targeted weights removed{shrunk} in {report.total_seconds:.1f} s; saved to {args.output}")

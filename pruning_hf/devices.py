@@ -19,16 +19,24 @@ from torch import nn
 
 __all__ = ["execution_device", "onloaded", "write_weight", "is_offloaded"]
 
-_scratch_dirs: list[str] = []
+_ONLOADED = "_pruning_hf_onloaded"  # marks a hook paused by onloaded()
 
 
 def _hook(module: nn.Module):
     return getattr(module, "_hf_hook", None)
 
 
-def is_offloaded(module: nn.Module) -> bool:
+def _offload_hook(module: nn.Module):
+    """The module's accelerate hook when it offloads the module's own weights (also while onloaded), else None."""
     hook = _hook(module)
-    return bool(hook is not None and getattr(hook, "offload", False) and getattr(hook, "weights_map", None) is not None)
+    if hook is None or getattr(hook, "weights_map", None) is None:
+        return None
+    return hook if hook.offload or getattr(hook, _ONLOADED, False) else None
+
+
+def is_offloaded(module: nn.Module) -> bool:
+    """True when accelerate keeps this module's weights in a weights map (CPU RAM or disk)."""
+    return _offload_hook(module) is not None
 
 
 def execution_device(module: nn.Module) -> torch.device:
@@ -43,29 +51,45 @@ def execution_device(module: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def _release(module: nn.Module, hook) -> None:
+    hook.offload = True
+    delattr(hook, _ONLOADED)
+    hook.post_forward(module, None)  # weights back to the meta device; the weights map holds them
+
+
 @contextmanager
 def onloaded(modules: Iterable[nn.Module]) -> Iterator[None]:
-    """Materialise offloaded weights of ``modules`` on their execution device for the block."""
-    from accelerate.utils import align_module_device
+    """Materialise the offloaded weights of ``modules`` and their submodules on the execution device.
 
+    Inside the block the offload hooks are paused, so forward calls reuse the loaded weights instead
+    of reading them from the weights map (disk) on every call; on exit the weights go back to the
+    meta device. Write changed weights with :func:`write_weight` so the weights map gets them too.
+    Peak memory is the weights of ``modules``, which is how the engine bounds it by one decoder layer.
+    """
     with ExitStack() as stack:
         for module in modules:
-            if is_offloaded(module):
-                stack.enter_context(align_module_device(module))
+            for sub in module.modules():
+                hook = _hook(sub)
+                if hook is None or not getattr(hook, "offload", False) or getattr(hook, "weights_map", None) is None:
+                    continue
+                hook.pre_forward(sub)
+                hook.offload = False
+                setattr(hook, _ONLOADED, True)
+                stack.callback(_release, sub, hook)
         yield
 
 
 def _scratch_dir() -> str:
-    if not _scratch_dirs:
-        _scratch_dirs.append(tempfile.mkdtemp(prefix="pruning_hf_offload_"))
-        atexit.register(shutil.rmtree, _scratch_dirs[0], ignore_errors=True)
-    return _scratch_dirs[0]
+    """A fresh folder for one weights map's rewritten weights, removed when the process exits."""
+    folder = tempfile.mkdtemp(prefix="pruning_hf_offload_")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
 
 
 def _write_offloaded(module: nn.Module, name: str, value: torch.Tensor) -> None:
     from accelerate.utils import OffloadedWeightsLoader, PrefixedDataset, offload_weight
 
-    weights_map = _hook(module).weights_map
+    weights_map = _offload_hook(module).weights_map
     key = name
     while isinstance(weights_map, PrefixedDataset):
         key = weights_map.prefix + key

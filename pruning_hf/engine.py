@@ -8,15 +8,22 @@
    *pruned* outputs become the next layer's inputs (the method may look at both).
 3. Let the method finish on the whole model (structured methods shrink layers or drop them here).
 
-Peak memory is the model plus one layer's statistics plus the stored activations. The engine knows
-nothing of a method's maths; methods know nothing of models, devices or data.
+Each decoder layer is brought to its compute device once (:func:`~pruning_hf.devices.onloaded`) for
+its three steps, so a model dispatched by accelerate with most weights offloaded to CPU RAM or disk
+is pruned with peak memory of one layer + its statistics + the stored activations (kept on CPU, or
+on disk with ``activation_storage="disk"``), not the whole model. The engine knows nothing of a
+method's maths; methods know nothing of models, devices or data.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import os
 import resource
+import shutil
+import tempfile
 import time
+import weakref
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -26,10 +33,11 @@ from tqdm.auto import tqdm
 
 from .architectures import decoder_layers, get_architecture, linear_modules
 from .devices import execution_device, onloaded, write_weight
+from .methods.base import PruningMethod
 from .statistics import collect_input_statistics
 
 __all__ = ["prune_model", "select_targets", "PruningReport", "NonFiniteError", "CapturedInputs",
-           "capture_layer_inputs", "run_layer"]
+           "check_activation_storage", "capture_layer_inputs", "run_layer"]
 
 
 class NonFiniteError(RuntimeError):
@@ -126,17 +134,58 @@ def select_targets(model: nn.Module, config) -> tuple[list[dict[str, nn.Module]]
     return per_layer, head
 
 
-@dataclass
+def check_activation_storage(storage: torch.device | str) -> torch.device:
+    """The device holding activations for ``activation_storage`` (``"disk"`` stages them on CPU)."""
+    try:
+        return torch.device("cpu" if str(storage) == "disk" else storage)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"activation_storage={storage!r} is neither 'disk' nor a torch device "
+                         "('cpu', 'cuda:0' ...)") from None
+
+
 class CapturedInputs:
     """Inputs of the decoder layers for every calibration batch.
 
-    ``hidden[b]`` is the current layer's input for batch ``b`` (``(batch, seq, hidden)`` on
-    ``storage``); ``calls[layer][b]`` holds that layer's other ``(args, kwargs)``.
+    ``hidden[b]`` is the current layer's input for batch ``b``: a ``(batch, seq, hidden)`` tensor on
+    the ``storage`` device, or with ``storage="disk"`` the path of a safetensors file holding it (read
+    back one batch at a time). ``calls[layer][b]`` holds that layer's other ``(args, kwargs)``.
     """
 
-    hidden: list[torch.Tensor]
-    calls: list[list[tuple[tuple, dict]]]
-    storage: torch.device
+    def __init__(self, num_layers: int, storage: torch.device | str = "cpu") -> None:
+        self.on_disk = str(storage) == "disk"
+        self.storage = check_activation_storage(storage)
+        self.hidden: list[torch.Tensor | str] = []
+        self.calls: list[list[tuple[tuple, dict]]] = [[] for _ in range(num_layers)]
+        self._folder = tempfile.mkdtemp(prefix="pruning_hf_activations_") if self.on_disk else None
+        if self._folder:
+            weakref.finalize(self, shutil.rmtree, self._folder, True)
+        self._files = 0
+
+    def store(self, hidden: torch.Tensor) -> torch.Tensor | str:
+        """Keep one batch of hidden states on the storage device or in a new file."""
+        hidden = hidden.detach().to(self.storage)
+        if not self.on_disk:
+            return hidden
+        from safetensors.torch import save_file
+
+        path = os.path.join(self._folder, f"{self._files}.safetensors")
+        self._files += 1
+        save_file({"hidden": hidden.contiguous()}, path)
+        return path
+
+    def load(self, item: torch.Tensor | str, device: torch.device) -> torch.Tensor:
+        if isinstance(item, str):
+            from safetensors.torch import load_file
+
+            item = load_file(item)["hidden"]
+        return item.to(device)
+
+    def advance(self, outputs: list[torch.Tensor | str]) -> None:
+        """The outputs of the current layer become the next layer's inputs (old files are deleted)."""
+        for item in self.hidden:
+            if isinstance(item, str):
+                os.remove(item)
+        self.hidden = outputs
 
 
 class _InputRecorder(nn.Module):
@@ -156,7 +205,7 @@ class _InputRecorder(nn.Module):
 
     def forward(self, hidden_states, *args, **kwargs):
         if self.index == 0:
-            self._captured.hidden.append(hidden_states.detach().to(self._captured.storage))
+            self._captured.hidden.append(self._captured.store(hidden_states))
         self._captured.calls[self.index].append((args, kwargs))
         return hidden_states
 
@@ -164,8 +213,11 @@ class _InputRecorder(nn.Module):
 @torch.no_grad()
 def capture_layer_inputs(model: nn.Module, layers: nn.ModuleList, windows: torch.Tensor, batch_size: int,
                          storage: torch.device | str = "cpu") -> CapturedInputs:
-    """Run the base model on ``windows`` ``(num, seq)`` with recorders in place of ``layers``."""
-    captured = CapturedInputs([], [[] for _ in layers], torch.device(storage))
+    """Run the base model on ``windows`` ``(num, seq)`` with recorders in place of ``layers``.
+
+    ``storage``: a device for the hidden states, or ``"disk"`` (temporary files).
+    """
+    captured = CapturedInputs(len(layers), storage)
     originals = list(layers)
     device = execution_device(model.get_input_embeddings())
     try:
@@ -187,12 +239,12 @@ def run_layer(layer: nn.Module, captured: CapturedInputs, index: int, keep_outpu
     device = execution_device(layer)
     outputs = []
     for hidden, (args, kwargs) in zip(captured.hidden, captured.calls[index]):
-        out = layer(hidden.to(device), *send_to_device(args, device), **send_to_device(kwargs, device))
+        out = layer(captured.load(hidden, device), *send_to_device(args, device), **send_to_device(kwargs, device))
         out = out[0] if isinstance(out, (tuple, list)) else out
         if keep_outputs:
             if not torch.isfinite(out).all():
                 raise NonFiniteError(f"decoder layer {index} produced NaN/Inf activations after pruning")
-            outputs.append(out.to(captured.storage))
+            outputs.append(captured.store(out))
     return outputs
 
 
@@ -255,11 +307,13 @@ def prune_model(model: nn.Module, config, windows: torch.Tensor | None = None, p
         windows: ``(num_samples, seq_len)`` calibration token ids; required when the method uses
             calibration statistics (see :func:`pruning_hf.calibration.calibration_windows`).
         progress: show a progress bar over layers.
-        activation_storage: device holding the calibration activations between layers.
+        activation_storage: where calibration activations wait between layers: a device (default
+            CPU), or ``"disk"`` (temporary files, one batch in memory at a time).
     Returns:
         A :class:`PruningReport`.
     """
     started = time.perf_counter()
+    check_activation_storage(activation_storage)  # validate before any work
     model.eval()
     spec = get_architecture(model)
     layers = decoder_layers(model, spec)
@@ -273,8 +327,9 @@ def prune_model(model: nn.Module, config, windows: torch.Tensor | None = None, p
         raise ValueError(f"method {config.method!r} needs calibration windows; pass windows=")
     all_targets = {name: module for layer in per_layer for name, module in layer.items()} | head
     targeted = _targeted_numel(model, config)
-    with onloaded(all_targets.values()):
-        method.prepare(all_targets)
+    if type(method).prepare is not PruningMethod.prepare:  # a look at every weight (global threshold)
+        with onloaded(all_targets.values()):
+            method.prepare(all_targets)
 
     captured = None
     if needs_data:
@@ -289,16 +344,17 @@ def prune_model(model: nn.Module, config, windows: torch.Tensor | None = None, p
         record = LayerRecord(index=index, seconds=0.0)
         targets = per_layer[index]
         stats = {}
-        if needs_data and method.statistics and targets:
-            with collect_input_statistics(targets, hessian) as stats:
-                run_layer(layer, captured, index, keep_outputs=False)
-        if targets:
-            _prune_targets(method, index, targets, stats, record)
-        del stats
-        if needs_data:
-            outputs = run_layer(layer, captured, index, keep_outputs=True)
-            method.observe_layer(index, captured.hidden, outputs)
-            captured.hidden = outputs
+        with onloaded([layer]):  # one decoder layer on the compute device at a time
+            if needs_data and method.statistics and targets:
+                with collect_input_statistics(targets, hessian) as stats:
+                    run_layer(layer, captured, index, keep_outputs=False)
+            if targets:
+                _prune_targets(method, index, targets, stats, record)
+            del stats
+            if needs_data:
+                outputs = run_layer(layer, captured, index, keep_outputs=True)
+                method.observe_layer(index, captured.hidden, outputs)
+                captured.advance(outputs)
         record.seconds = time.perf_counter() - layer_start
         report.layers.append(record)
         bar.set_postfix(seconds=f"{record.seconds:.1f}")

@@ -1,46 +1,58 @@
 """pruning_hf as a transformers "quantization" method, so stock ``from_pretrained`` reloads what it saves.
 
-Structured pruning with the same widths in every layer writes a stock config (smaller
-``intermediate_size`` / ``ffn_dim``, fewer heads with an explicit ``head_dim``) that plain transformers
-loads. Widths that differ per layer (adaptive allocation), or that a family's config cannot state
-(OPT derives ``head_dim`` from the head count; Gemma3 refuses a head count that does not divide
-``hidden_size``), are written into ``config.json`` as::
+``import pruning_hf`` registers :class:`PruningHfConfig` and :class:`PruningHfQuantizer` under the
+``quant_method`` ``"pruning_hf"`` with ``transformers.quantizers``. One quant_method carries independent
+optional *features*, each a keyword of :class:`PruningHfConfig` that is ``None`` when unused::
 
     "quantization_config": {"quant_method": "pruning_hf",
-                            "layer_shapes": {"3": {"intermediate_size": 1228, "num_attention_heads": 6, ...}}}
+                            "layer_shapes": {"3": {"intermediate_size": 1228, "num_attention_heads": 6}},
+                            "compression": {"format": "pruning_hf.sparse-v1", "nm": [2, 4], ...}}
 
-listing, per layer index, only the fields that differ from the config. ``import pruning_hf`` registers
-:class:`PruningHfConfig` and :class:`PruningHfQuantizer` with ``transformers.quantizers``; a stock
-``AutoModelForCausalLM.from_pretrained(folder)`` then resizes those layers of the empty model before
-the weights load, so the reloaded model is bit-identical. Without pruning_hf, transformers skips the
-unknown ``quant_method`` with a warning, finds checkpoint tensors whose shapes differ from the
-config's, and raises (``ignore_mismatched_sizes=False`` is its default): it never re-initialises
-weights silently. A loaded model is a plain float model (``.float()``, ``.to(dtype)``, training all
-work); it keeps the config object so that saving it again keeps the shapes.
+``layer_shapes`` (structured pruning): per layer index, the widths that differ from the config. Widths
+shared by every layer go into the stock config instead (smaller ``intermediate_size`` / ``ffn_dim``, fewer
+heads with an explicit ``head_dim``), which plain transformers loads; only widths that differ per layer
+(adaptive allocation) or that a family's config cannot state (OPT derives ``head_dim`` from the head
+count; Gemma3 refuses a head count that does not divide ``hidden_size``) need this feature. The quantizer
+resizes those layers of the empty model before the weights load, so the reloaded model is bit-identical,
+and keeps the feature in the config so that saving the model again keeps the shapes.
 
-Extension point: one ``quant_method`` ("pruning_hf") carries independent optional *features*, each a
-keyword of :class:`PruningHfConfig` that is ``None`` when unused (today ``layer_shapes``; compressed
-sparse weights will add ``compression``). To add one: add the keyword and its check to
-``PruningHfConfig.__init__`` and its name to ``FEATURES``, and handle it in the quantizer's
-``_process_model_before_weight_loading`` (change the empty model) or ``_process_model_after_weight_loading``
-/ weight conversions (change loaded tensors). A checkpoint that uses a feature this version does not
-know fails to load with an error asking to upgrade pruning_hf.
+``compression`` (``save_pretrained(dir, compress=True)``): pruned weights are stored as values + bitmask
+or N:M indices (:mod:`pruning_hf.compression`). A weight conversion of the quantizer turns every
+``*.weight`` with its ``*.weight_bitmask`` / ``*.weight_nm_index`` companion back into the dense weight,
+in the model's dtype, on the device the weight goes to (disk offload included). The loaded model is a
+plain dense float model; its config no longer claims compression, so saving it again writes dense
+weights unless ``compress=True`` is asked again.
+
+Without pruning_hf, transformers warns ``Unknown quantization type, got pruning_hf``, skips the quantizer
+and then stops with a size-mismatch error (checkpoint tensors differ from the config's shapes): it never
+runs a model with silently re-initialised weights.
+
+Extension point: to add a feature, add its keyword and check to ``PruningHfConfig.__init__`` and its name
+to ``FEATURES``, and handle it in the quantizer (``_process_model_before_weight_loading`` changes the empty
+model; load operations change loaded tensors). A checkpoint using a feature this version does not know
+fails to load with an error asking to upgrade pruning_hf.
 """
 
 from __future__ import annotations
 
 import copy
+import json
+import os
+from pathlib import Path
 from typing import Any
 
 from torch import nn
+from transformers.core_model_loading import ConversionOps
 from transformers.quantizers import HfQuantizer, register_quantization_config, register_quantizer
 from transformers.quantizers.auto import AUTO_QUANTIZATION_CONFIG_MAPPING, AUTO_QUANTIZER_MAPPING
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
 from .architectures import decoder_layers, get_architecture
+from .compression import BITMASK_SUFFIX, FORMAT, NM_INDEX_SUFFIX, decompress_weight
 from .shrink import layer_shape, resize_layer
 
-__all__ = ["QUANT_METHOD", "PruningHfConfig", "PruningHfQuantizer", "store_layer_shapes", "apply_layer_shapes"]
+__all__ = ["QUANT_METHOD", "PruningHfConfig", "PruningHfQuantizer", "store_layer_shapes", "apply_layer_shapes",
+           "set_saved_feature"]
 
 QUANT_METHOD = "pruning_hf"
 
@@ -59,17 +71,31 @@ def _check_layer_shapes(layer_shapes: Any) -> dict[str, dict[str, int]] | None:
     return checked
 
 
+def _check_compression(compression: Any) -> dict | None:
+    if not compression:
+        return None
+    if not isinstance(compression, dict) or compression.get("format") != FORMAT:
+        raise ValueError(f"compression={compression!r} is not a pruning_hf compression record "
+                         f"(expected format {FORMAT!r}); upgrade pruning_hf if the checkpoint is newer")
+    nm = compression.get("nm")
+    if nm is not None and not (isinstance(nm, (list, tuple)) and len(nm) == 2 and 1 <= nm[0] < nm[1] <= 256):
+        raise ValueError(f"compression['nm'] must be [n, m] with 1 <= n < m <= 256, got {nm!r}")
+    return dict(compression)
+
+
 class PruningHfConfig(QuantizationConfigMixin):
     """What pruning_hf must do when a checkpoint loads; each feature is optional (``None``: unused).
 
     Args:
         layer_shapes: ``{layer index: {field: width}}`` for layers whose widths differ from the config
             (fields: ``intermediate_size``, ``num_attention_heads``, ``num_key_value_heads``).
+        compression: how pruned weights are stored (:func:`pruning_hf.compression.compress_checkpoint`
+            writes it): ``{"format": ..., "nm": [n, m] or None, "compressed_weights": count}``.
     """
 
-    FEATURES = ("layer_shapes",)
+    FEATURES = ("layer_shapes", "compression")
 
-    def __init__(self, layer_shapes: dict | None = None, **kwargs: Any) -> None:
+    def __init__(self, layer_shapes: dict | None = None, compression: dict | None = None, **kwargs: Any) -> None:
         from . import __version__
 
         kwargs.pop("quant_method", None)
@@ -78,10 +104,31 @@ class PruningHfConfig(QuantizationConfigMixin):
                              f"{__version__} does not know (known: {list(self.FEATURES)}); upgrade pruning_hf")
         self.quant_method = QUANT_METHOD
         self.layer_shapes = _check_layer_shapes(layer_shapes)
+        self.compression = _check_compression(compression)
 
     @property
     def is_empty(self) -> bool:
         return all(getattr(self, feature) is None for feature in self.FEATURES)
+
+    def to_dict(self) -> dict[str, Any]:
+        """``quant_method`` and the features in use (unused ones are left out of config.json)."""
+        return {"quant_method": QUANT_METHOD, **{
+            name: copy.deepcopy(getattr(self, name)) for name in self.FEATURES if getattr(self, name) is not None}}
+
+
+class SparseDecompress(ConversionOps):
+    """Weight conversion: a compressed pruned weight (values + bitmask / N:M indices) -> the dense weight."""
+
+    def __init__(self, hf_quantizer: "PruningHfQuantizer") -> None:
+        self.hf_quantizer = hf_quantizer  # marks the op as a load op: tensors arrive in their stored dtype
+
+    def convert(self, input_dict, source_patterns, target_patterns, full_layer_name=None, model=None, **kwargs):
+        target = model.get_parameter(full_layer_name)  # still on the meta device: shape and dtype
+        stored = {pattern.removeprefix("weight"): value[0] if isinstance(value, list) else value
+                  for pattern, value in input_dict.items()}
+        nm = self.hf_quantizer.quantization_config.compression.get("nm")
+        dense = decompress_weight(stored, target.shape, tuple(nm) if nm else None)
+        return {full_layer_name: dense.to(target.dtype)}
 
 
 class PruningHfQuantizer(HfQuantizer):
@@ -94,11 +141,26 @@ class PruningHfQuantizer(HfQuantizer):
             apply_layer_shapes(model, self.quantization_config.layer_shapes)
         return model
 
+    @property
+    def serialized_names(self) -> dict[str, list[str]]:
+        """Checkpoint names that make up one ``weight`` (transformers collects them for the conversion)."""
+        if not self.quantization_config.compression:
+            return {}
+        return {"weight": ["weight", "weight" + BITMASK_SUFFIX, "weight" + NM_INDEX_SUFFIX]}
+
+    def get_load_operations(self) -> dict:
+        return {"deserialize": SparseDecompress} if self.quantization_config.compression else {}
+
     def postprocess_model(self, model, **kwargs):
-        """The weights are plain floats: do not mark the model quantized, but keep the config for re-saving."""
-        config = self.quantization_config
+        """The weights are plain dense floats now: do not mark the model quantized or compressed.
+
+        The config object stays while other features remain (layer shapes), so re-saving keeps them.
+        """
+        config = copy.deepcopy(self.quantization_config)
         self.remove_quantization_config(model)
-        model.config.quantization_config = config
+        config.compression = None
+        if not config.is_empty:
+            model.config.quantization_config = config
         return model
 
     def is_serializable(self):
@@ -118,6 +180,31 @@ def _register() -> None:
 
 
 _register()
+
+
+def check_quantization_config(config, why: str = "compressing a quantized model is not supported: "
+                                                           "save it with compress=False") -> None:
+    """Raise ValueError when ``config`` carries another method's quantization_config (pruning_hf cannot add its own)."""
+    current = getattr(config, "quantization_config", None)
+    method = current.get("quant_method") if isinstance(current, dict) else getattr(current, "quant_method", None)
+    if current is not None and method != QUANT_METHOD:
+        raise ValueError(f"the model carries a {method!r} quantization_config; pruning_hf cannot add its own "
+                         f"({why})")
+
+
+def set_saved_feature(folder: str | os.PathLike, feature: str, value: Any) -> None:
+    """Set one feature of the ``pruning_hf`` quantization_config in a saved ``config.json``."""
+    path = Path(folder) / "config.json"
+    data = json.loads(path.read_text())
+    current = data.get("quantization_config") or {"quant_method": QUANT_METHOD}
+    if current.get("quant_method") != QUANT_METHOD:
+        raise ValueError(f"{path} carries a {current.get('quant_method')!r} quantization_config; "
+                         "pruning_hf cannot add its own")
+    checked = PruningHfConfig(**{**current, feature: value})
+    data["quantization_config"] = checked.to_dict()
+    if checked.is_empty:
+        del data["quantization_config"]
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def apply_layer_shapes(model: nn.Module, layer_shapes: dict[str, dict[str, int]]) -> None:
@@ -191,20 +278,14 @@ def store_layer_shapes(model: nn.Module) -> dict[str, dict[str, int]] | None:
 
 def _set_feature(config, feature: str, value: Any) -> None:
     """Set one PruningHfConfig feature on a model config, creating or dropping the quantization_config."""
+    check_quantization_config(config, "structured pruning of quantized models is not supported: load it unquantized")
     current = getattr(config, "quantization_config", None)
-    if isinstance(current, dict) and current.get("quant_method") == QUANT_METHOD:
-        current = PruningHfConfig(**current)
-    if current is not None and not isinstance(current, PruningHfConfig):
-        method = current.get("quant_method") if isinstance(current, dict) else getattr(current, "quant_method", "?")
-        raise ValueError(f"the model carries a {method!r} quantization_config; pruning_hf cannot add its own "
-                         "(structured pruning of quantized models is not supported: load it unquantized)")
-    if current is None:
-        if value is None:
-            return
-        current = PruningHfConfig()
-    setattr(current, feature, _check_layer_shapes(value) if feature == "layer_shapes" else value)
-    if current.is_empty:
+    if current is None and value is None:
+        return
+    features = current if isinstance(current, dict) else current.to_dict() if current is not None else {}
+    updated = PruningHfConfig(**{**features, feature: value})
+    if updated.is_empty:
         if hasattr(config, "quantization_config"):
             del config.quantization_config
     else:
-        config.quantization_config = current
+        config.quantization_config = updated

@@ -97,8 +97,9 @@ def smollm2_path() -> str:
 
 @pytest.fixture
 def one_thread():
-    """Run tiny models on one thread: many times faster than two threads on a busy shared machine."""
-    previous = torch.get_num_threads()
+    """Run a test with one intra-op thread: on a loaded 2-core machine OpenMP barriers make small
+    matmuls 100x slower with 2 threads. Results are deterministic either way."""
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
-    torch.set_num_threads(previous)
+    torch.set_num_threads(threads)

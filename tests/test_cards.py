@@ -112,3 +112,15 @@ def test_base_model_ids():
 
     assert public_model_name(str(cache_root() / "embedded" / "smollm2-135m")) == "embedded:smollm2-135m"
     assert public_model_name("facebook/opt-125m") == "facebook/opt-125m"
+
+
+def test_card_of_a_structurally_pruned_model_says_what_was_removed_and_how_to_load(tmp_path):
+    from test_structured import pruned, structured
+
+    model, report = pruned("llama", structured(target="mlp", sparsity=0.5, importance="random",
+                                               allocation="adaptive"), layers=4)
+    model.save_pretrained(tmp_path / "shrunk")
+    card = (tmp_path / "shrunk" / "README.md").read_text()
+    assert f"{report.parameters_removed:.2%} of all parameters are physically removed" in card
+    assert "structured-pruning" in card and "import pruning_hf  # pip install pruning-hf: rebuilds" in card
+    assert "smaller and faster with ordinary dense kernels" in card and "sparse tensor cores" not in card

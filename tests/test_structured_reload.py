@@ -144,3 +144,21 @@ def test_without_pruning_hf_stock_loads_and_per_layer_shapes_fail_loudly(tmp_pat
     assert result.returncode == 0, result.stderr[-2000:]
     assert "REFUSED RuntimeError" in result.stdout
     assert "size mismatch" in result.stderr.lower() or "MISMATCH" in result.stderr
+
+
+def test_per_layer_shapes_and_compression_together(tmp_path):
+    """A structurally shrunk model, then pruned 50% and saved compressed: both features in one config."""
+    model, _ = pruned("llama", structured(target="both", sparsity=0.5, importance="random", allocation="adaptive"),
+                      layers=4)
+    from pruning_hf import prune
+
+    prune(model, PruningConfig(method="magnitude", sparsity=0.5), progress=False)
+    model.save_pretrained(tmp_path / "both", compress=True)
+    saved = config_json(tmp_path / "both")["quantization_config"]
+    assert saved["quant_method"] == QUANT_METHOD and set(saved) == {"quant_method", "layer_shapes", "compression"}
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "both")
+    assert_same_model(reloaded, model)
+    assert reloaded.config.quantization_config.to_dict().keys() == {"quant_method", "layer_shapes"}
+    reloaded.save_pretrained(tmp_path / "again")  # the shapes survive, the compression is not claimed
+    assert set(config_json(tmp_path / "again")["quantization_config"]) == {"quant_method", "layer_shapes"}
+    assert_same_model(AutoModelForCausalLM.from_pretrained(tmp_path / "again"), model)

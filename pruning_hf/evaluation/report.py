@@ -585,7 +585,8 @@ def compare_models(models: Mapping[str, Any], tokenizer=None, config: Evaluation
 
 def prune_and_compare(model, tokenizer, pruning, config: EvaluationConfig | Mapping | EvaluationData | None = None,
                       *, progress: bool | None = None, dense_name: str = "dense",
-                      load_kwargs: Mapping[str, Any] | None = None, **settings: Any) -> EvaluationReport:
+                      load_kwargs: Mapping[str, Any] | None = None, prune_options: Mapping[str, Any] | None = None,
+                      **settings: Any) -> EvaluationReport:
     """Evaluate a model dense, prune it (energy tracked), evaluate it again: one process, identical data.
 
     Args:
@@ -597,6 +598,7 @@ def prune_and_compare(model, tokenizer, pruning, config: EvaluationConfig | Mapp
         progress: progress bars while pruning (and evaluating, unless prepared data says otherwise);
             default: the evaluation settings' ``progress``.
         load_kwargs: passed to ``from_pretrained`` when ``model`` is a name.
+        prune_options: keywords for :func:`pruning_hf.prune` (e.g. ``activation_storage``).
 
     Each pruned entry carries its pruning report and, with ``energy=True``, a ``pruning`` energy
     phase. With a single config and a loaded model, the report is also attached as
@@ -632,7 +634,7 @@ def prune_and_compare(model, tokenizer, pruning, config: EvaluationConfig | Mapp
             name = name or pruning_config.describe()
             target = fresh(last=index == len(runs) - 1)
             with energy.phase(f"{name}/pruning") if energy is not None else nullcontext() as pruning_energy:
-                prune(target, pruning_config, tokenizer, progress=progress)
+                prune(target, pruning_config, tokenizer, progress=progress, **(prune_options or {}))
             entry = session.add(name, target, tokenizer)
             if pruning_energy is not None:
                 entry["energy"]["pruning"] = pruning_energy.to_dict()
