@@ -7,6 +7,11 @@
    let the method prune it, write the weights back (offload-aware), then run it again so its
    *pruned* outputs become the next layer's inputs.
 
+A non-uniform ``allocation`` (OWL, global) adds a dense pre-pass between 1 and 2: the layers run
+once in order on the dense model, and each layer's Wanda scores are summarised to set its sparsity
+(:mod:`pruning_hf.allocation`). ``refine`` adds a post-step after each method call
+(:mod:`pruning_hf.refinement`).
+
 Peak memory is the model plus one layer's statistics plus the stored activations. The engine knows
 nothing of a method's maths; methods know nothing of models, devices or data.
 """
@@ -23,8 +28,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .allocation import allocate, summarize_layer
 from .architectures import decoder_layers, get_architecture, linear_modules
 from .devices import execution_device, onloaded, write_weight
+from .methods.base import weight_matrix
+from .methods.wanda import wanda_scores
+from .refinement import refine_layer
+from .resources import PeakMemory
 from .statistics import collect_input_statistics
 
 __all__ = ["prune_model", "select_targets", "PruningReport", "NonFiniteError", "CapturedInputs",
@@ -37,9 +47,16 @@ class NonFiniteError(RuntimeError):
 
 @dataclass
 class LayerRecord:
+    """One decoder layer (or the LM head): wall time, where it went, and extra memory."""
+
     index: int
     seconds: float
-    linears: dict[str, dict[str, float]] = field(default_factory=dict)  # name -> {sparsity, numel}
+    #: name -> {sparsity, numel}, plus {error_before, error_after, swaps} when refined
+    linears: dict[str, dict[str, float]] = field(default_factory=dict)
+    method_seconds: float = 0.0   # inside the method (scores, masks, weight updates)
+    refine_seconds: float = 0.0   # inside the refinement post-step
+    statistics_bytes: int = 0     # input statistics held for this layer (norms, X^T X)
+    extra_memory_bytes: int | None = None  # peak above the layer's start (GPU exact, CPU sampled RSS)
 
 
 @dataclass
@@ -56,6 +73,8 @@ class PruningReport:
     peak_gpu_bytes: int | None = None
     targeted_weights: int = 0
     pruned_weights: int = 0
+    #: non-uniform allocation: {kind, layer_sparsity, outlier_ratio (OWL), seconds (dense pre-pass)}
+    allocation: dict[str, Any] | None = None
 
     @property
     def sparsity(self) -> float:
@@ -210,16 +229,63 @@ def _head_statistics(model: nn.Module, head: nn.Module, windows: torch.Tensor, b
     return stats["head"]
 
 
-def _prune_targets(method, index: int, targets: dict[str, nn.Module], stats, record: LayerRecord) -> None:
-    """Let the method prune ``targets`` and write the result back; record achieved sparsity."""
+def _prune_targets(method, index: int, targets: dict[str, nn.Module], stats, record: LayerRecord,
+                   progress: bool = False) -> None:
+    """Let the method prune ``targets`` (then refine, if configured) and write the result back; record
+    achieved sparsity, time and refinement errors."""
+    config = method.config
     with onloaded(targets.values()):
+        dense = {n: weight_matrix(m).detach().float().clone() for n, m in targets.items()} if config.refine else {}
+        start = time.perf_counter()
         new_weights = method.prune_layer(index, targets, stats)
+        record.method_seconds = time.perf_counter() - start
+        refined = {}
+        if config.refine:
+            new_weights, refined = refine_layer(dense, new_weights, stats, config.pattern_spec,
+                                                config.refine_iterations, progress)
+            record.refine_seconds = time.perf_counter() - start - record.method_seconds
         for name, weight in new_weights.items():
             if not torch.isfinite(weight).all():
                 raise NonFiniteError(f"pruning produced NaN/Inf weights in {name}")
             write_weight(targets[name], weight)
             zeros = int((weight == 0).sum())
-            record.linears[name] = {"sparsity": zeros / weight.numel(), "numel": weight.numel()}
+            record.linears[name] = {"sparsity": zeros / weight.numel(), "numel": weight.numel(), **refined.get(name, {})}
+    record.statistics_bytes = sum(s.nbytes for s in {id(s): s for s in stats.values()}.values())
+
+
+@torch.no_grad()
+def _allocate(config, layers: nn.ModuleList, per_layer: list[dict[str, nn.Module]], captured: CapturedInputs,
+              progress: bool) -> dict[str, Any]:
+    """Dense pre-pass for a non-uniform allocation: run the still-dense layers in order, summarise each
+    layer's Wanda scores ``|W| * ||X||`` on its dense inputs, then spread ``config.sparsity`` over them."""
+    start = time.perf_counter()
+    layer_inputs = captured.hidden
+    summaries, sizes, indices = [], [], []
+    bar = tqdm(list(enumerate(layers)), desc=f"dense pass ({config.allocation})", unit="layer",
+               disable=not progress, leave=False)
+    for index, layer in bar:
+        targets = per_layer[index]
+        with collect_input_statistics(targets, hessian=False) as stats:
+            captured.hidden = run_layer(layer, captured, index, keep_outputs=True)
+        if targets:
+            with onloaded(targets.values()):
+                scores = [wanda_scores(weight_matrix(module).detach().float(), stats[name].column_norms)
+                          for name, module in targets.items()]
+            summaries.append(summarize_layer(config.allocation, scores, config.owl_m))
+            sizes.append(sum(score.numel() for score in scores))
+            indices.append(index)
+    captured.hidden = layer_inputs
+    layer_sparsity: list[float | None] = [None] * len(layers)
+    for index, sparsity in zip(indices, allocate(config.allocation, summaries, sizes, config.sparsity,
+                                                 config.owl_lambda)):
+        layer_sparsity[index] = sparsity
+    ratios = [None] * len(layers)
+    if config.allocation == "owl":
+        for index, ratio in zip(indices, summaries):
+            ratios[index] = ratio
+    return {"kind": config.allocation, "layer_sparsity": layer_sparsity,
+            "outlier_ratio": ratios if config.allocation == "owl" else None,
+            "seconds": time.perf_counter() - start}
 
 
 def _peak_memory(report: PruningReport) -> None:
@@ -250,10 +316,12 @@ def prune_model(model: nn.Module, config, windows: torch.Tensor | None = None, p
     per_layer, head = select_targets(model, config)
     method = config.method_class(config)
     report = PruningReport(config=config.to_dict(), model_type=getattr(model.config, "model_type", "?"))
-    needs_data = method.needs_calibration(config)
-    if needs_data and windows is None:
-        raise ValueError(f"method {config.method!r} needs calibration windows; pass windows=")
     all_targets = {name: module for layer in per_layer for name, module in layer.items()} | head
+    for name, module in all_targets.items():
+        config.pattern_spec.check_shape(name, tuple(weight_matrix(module).shape))
+    needs_data = config.needs_calibration
+    if needs_data and windows is None:
+        raise ValueError(f"{config.describe()!r} needs calibration windows; pass windows=")
     with onloaded(all_targets.values()):
         method.prepare(all_targets)
 
@@ -263,21 +331,26 @@ def prune_model(model: nn.Module, config, windows: torch.Tensor | None = None, p
         capture_start = time.perf_counter()
         captured = capture_layer_inputs(model, layers, windows, config.calibration.batch_size, activation_storage)
         report.capture_seconds = time.perf_counter() - capture_start
-    hessian = method.statistics == "hessian"
+    if config.allocation != "uniform":
+        report.allocation = _allocate(config, layers, per_layer, captured, progress)
+        method.layer_sparsity = report.allocation["layer_sparsity"]
+    hessian = method.statistics == "hessian" or config.refine
     bar = tqdm(list(enumerate(layers)), desc=f"pruning ({config.describe()})", unit="layer", disable=not progress)
     for index, layer in bar:
         layer_start = time.perf_counter()
         record = LayerRecord(index=index, seconds=0.0)
         targets = per_layer[index]
         stats = {}
-        if needs_data and targets:
-            with collect_input_statistics(targets, hessian) as stats:
-                run_layer(layer, captured, index, keep_outputs=False)
-        if targets:
-            _prune_targets(method, index, targets, stats, record)
-        del stats
-        if needs_data:
-            captured.hidden = run_layer(layer, captured, index, keep_outputs=True)
+        with PeakMemory(execution_device(layer)) as peak:
+            if needs_data and targets:
+                with collect_input_statistics(targets, hessian) as stats:
+                    run_layer(layer, captured, index, keep_outputs=False)
+            if targets:
+                _prune_targets(method, index, targets, stats, record, progress)
+            del stats
+            if needs_data:
+                captured.hidden = run_layer(layer, captured, index, keep_outputs=True)
+        record.extra_memory_bytes = peak.extra_bytes
         record.seconds = time.perf_counter() - layer_start
         report.layers.append(record)
         bar.set_postfix(seconds=f"{record.seconds:.1f}")
@@ -289,7 +362,7 @@ def prune_model(model: nn.Module, config, windows: torch.Tensor | None = None, p
         stats = {}
         if needs_data:
             stats = {head_name: _head_statistics(model, head_module, windows, config.calibration.batch_size, hessian)}
-        _prune_targets(method, len(layers), head, stats, record)
+        _prune_targets(method, len(layers), head, stats, record, progress)
         record.seconds = time.perf_counter() - head_start
         report.layers.append(record)
     for record in report.layers:

@@ -44,6 +44,8 @@ class PruningMethod:
         self.config = config
         self.options = config.options
         self.pattern = config.pattern_spec
+        #: per-decoder-layer sparsity set by the engine for non-uniform allocations (None: uniform)
+        self.layer_sparsity: list[float | None] | None = None
 
     # --- configuration --------------------------------------------------------------------------
     @classmethod
@@ -100,8 +102,10 @@ class PruningMethod:
         raise NotImplementedError
 
     def sparsity_for(self, layer_index: int, name: str) -> float:
-        """Target sparsity of one Linear (uniform by default)."""
-        return self.config.sparsity
+        """Target sparsity of one Linear: its layer's allocation when the engine set one, else uniform."""
+        allocated = self.layer_sparsity[layer_index] if self.layer_sparsity and layer_index < len(
+            self.layer_sparsity) else None
+        return self.config.sparsity if allocated is None else allocated
 
 
 class WeightPruner(PruningMethod):
