@@ -28,7 +28,11 @@ from tqdm.auto import tqdm
 
 from .masks import Pattern
 
-__all__ = ["reconstruction_error", "refine_weight", "refine_layer", "RefinementResult"]
+__all__ = ["reconstruction_error", "refine_weight", "refine_layer", "refit_kept", "RefinementResult",
+           "REFIT_ITERATIONS"]
+
+#: conjugate-gradient steps of the re-fit (near convergence on the layers measured; each costs one matmul)
+REFIT_ITERATIONS = 8
 
 
 @dataclass
@@ -71,7 +75,7 @@ def refit_kept(dense: torch.Tensor, weight: torch.Tensor, keep: torch.Tensor, he
 
 @torch.no_grad()
 def refine_weight(dense: torch.Tensor, pruned: torch.Tensor, hessian: torch.Tensor, pattern: Pattern,
-                  rounds: int, refit_iterations: int = 4, rel_tol: float = 1e-6) -> RefinementResult:
+                  rounds: int, refit_iterations: int = REFIT_ITERATIONS, rel_tol: float = 1e-6) -> RefinementResult:
     """Swap pruned and kept weights to lower each row's reconstruction error (see module docstring).
 
     Args:

@@ -111,11 +111,11 @@ class SparseGPTPruner(WeightPruner):
     def validate_config(cls, config) -> None:
         super().validate_config(config)
         pattern, block_size = config.pattern_spec, config.options.block_size
-        width = pattern.m if pattern.is_nm else pattern.cols
-        if block_size % width:
+        width = f"M={pattern.m}" if pattern.is_nm else f"the block width C={pattern.cols}"
+        if block_size % (pattern.m if pattern.is_nm else pattern.cols):
             raise ValueError(
-                f"block_size={block_size} must be a multiple of {width} (the pattern's column width) for "
-                f"pattern={config.pattern!r} so no group of columns straddles two blocks")
+                f"block_size={block_size} must be a multiple of {width} for pattern={config.pattern!r} "
+                "so no group of columns straddles two blocks")
 
     def prune_layer(self, layer_index, targets, stats):
         """Linears reading the same input (q/k/v, gate/up) share one Hessian: prune them stacked."""
