@@ -116,10 +116,11 @@ def summary(rows: list[dict]) -> list[str]:
         for name in ("SparseGPT +refine", "Wanda +refine"):
             refined = by_key.get((model, setting, name))
             if refined:
-                lines.append(f"  - {name}: refinement {refined['refine_seconds']:.0f} s = "
-                             f"{refined['refine_seconds'] / plain['prune_seconds']:.2f}x SparseGPT's prune time "
-                             f"({plain['prune_seconds']:.0f} s), {refined['refine_seconds'] / plain['method_seconds']:.2f}x "
-                             f"its solver alone ({plain['method_seconds']:.0f} s); limit 3x")
+                seconds = refined["refine_seconds"]
+                lines.append(f"  - {name}: refinement {seconds:.0f} s = {seconds / plain['prune_seconds']:.2f}x "
+                             f"SparseGPT's prune time ({plain['prune_seconds']:.0f} s), "
+                             f"{seconds / plain['method_seconds']:.2f}x its solver alone "
+                             f"({plain['method_seconds']:.0f} s); limit 3x")
     return lines
 
 

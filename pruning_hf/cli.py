@@ -82,7 +82,8 @@ def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
     for name, f in _method_option_fields().items():
         kind = _field_type(f)
         options.add_argument(f"--{name.replace('_', '-')}", dest=f"option_{name}", default=None,
-                             type=_bool_arg if kind is bool else kind, help=f.metadata.get("help", "").replace("%", "%%"))
+                             type=_bool_arg if kind is bool else kind,
+                             help=f.metadata.get("help", "").replace("%", "%%"))
     _add_model_loading(parser)
     parser.add_argument("--output", required=True, help="folder for the pruned checkpoint")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -173,7 +174,8 @@ def _add_iterative(sub) -> None:
                     "last model that met it to --output.")
     _add_config_arguments(parser)
     it = parser.add_argument_group("steps and validation budget")
-    it.add_argument("--step", type=float, default=0.1, help="sparsity increment (default 0.1): step, 2 step, ... --sparsity")
+    it.add_argument("--step", type=float, default=0.1,
+                    help="sparsity increment (default 0.1): step, 2 step, ... up to --sparsity")
     it.add_argument("--steps", default=None, help="explicit comma-separated sparsities, e.g. 0.3,0.4,0.5,0.6")
     it.add_argument("--max-ppl-increase", type=float, default=0.10,
                     help="budget: relative perplexity increase over dense (default 0.10 = +10%%)")
@@ -210,7 +212,8 @@ def _run_iterative(args) -> int:
           f"{result.dense_perplexity:.3f}, budget +{args.max_ppl_increase:.1%}\n")
     print("| sparsity | perplexity | vs dense | within budget |\n|---|---|---|---|")
     for step in result.steps:
-        print(f"| {step.sparsity:.0%} | {step.perplexity:.3f} | {step.increase:+.1%} | {'yes' if step.accepted else 'no'} |")
+        within = "yes" if step.accepted else "no"
+        print(f"| {step.sparsity:.0%} | {step.perplexity:.3f} | {step.increase:+.1%} | {within} |")
     model.save_pretrained(args.output)
     kept = f"sparsity {result.sparsity:.0%}" if result.sparsity else "the dense model (no step met the budget)"
     print(f"\nkept {kept}, perplexity {result.perplexity:.3f}; saved to {args.output}")

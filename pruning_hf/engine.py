@@ -249,7 +249,8 @@ def _prune_targets(method, index: int, targets: dict[str, nn.Module], stats, rec
                 raise NonFiniteError(f"pruning produced NaN/Inf weights in {name}")
             write_weight(targets[name], weight)
             zeros = int((weight == 0).sum())
-            record.linears[name] = {"sparsity": zeros / weight.numel(), "numel": weight.numel(), **refined.get(name, {})}
+            record.linears[name] = {"sparsity": zeros / weight.numel(), "numel": weight.numel(),
+                                    **refined.get(name, {})}
     record.statistics_bytes = sum(s.nbytes for s in {id(s): s for s in stats.values()}.values())
 
 
@@ -275,16 +276,10 @@ def _allocate(config, layers: nn.ModuleList, per_layer: list[dict[str, nn.Module
             sizes.append(sum(score.numel() for score in scores))
             indices.append(index)
     captured.hidden = layer_inputs
-    layer_sparsity: list[float | None] = [None] * len(layers)
-    for index, sparsity in zip(indices, allocate(config.allocation, summaries, sizes, config.sparsity,
-                                                 config.owl_lambda)):
-        layer_sparsity[index] = sparsity
-    ratios = [None] * len(layers)
-    if config.allocation == "owl":
-        for index, ratio in zip(indices, summaries):
-            ratios[index] = ratio
-    return {"kind": config.allocation, "layer_sparsity": layer_sparsity,
-            "outlier_ratio": ratios if config.allocation == "owl" else None,
+    sparsity = dict(zip(indices, allocate(config.allocation, summaries, sizes, config.sparsity, config.owl_lambda)))
+    ratios = dict(zip(indices, summaries)) if config.allocation == "owl" else None
+    return {"kind": config.allocation, "layer_sparsity": [sparsity.get(i) for i in range(len(layers))],
+            "outlier_ratio": [ratios.get(i) for i in range(len(layers))] if ratios else None,
             "seconds": time.perf_counter() - start}
 
 

@@ -145,7 +145,8 @@ def iterative_prune(model, config: PruningConfig, validation, *, tokenizer=None,
     if windows is None and config.needs_calibration:
         if tokenizer is None:
             raise ValueError(f"{config.describe()!r} needs calibration data: pass tokenizer= or windows=")
-        windows = calibration_windows(config.calibration, tokenizer, getattr(model.config, "max_position_embeddings", None))
+        max_len = getattr(model.config, "max_position_embeddings", None)
+        windows = calibration_windows(config.calibration, tokenizer, max_len)
     per_layer, head = select_targets(model, config)
     targets = {name: module for layer in per_layer for name, module in layer.items()} | head
 

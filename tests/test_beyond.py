@@ -88,8 +88,8 @@ def test_owl_in_the_engine_uses_dense_outlier_ratios(method, windows):
     with collect_input_statistics(targets, hessian=False) as stats:  # dense model, full forward passes
         with torch.no_grad():
             model(input_ids=windows, use_cache=False)
-    expected = [outlier_ratio([wanda_scores(weight_matrix(m).detach(), stats[n].column_norms) for n, m in layer.items()], 3.0)
-                for layer in per_layer]
+    expected = [outlier_ratio([wanda_scores(weight_matrix(m).detach(), stats[n].column_norms)
+                               for n, m in layer.items()], 3.0) for layer in per_layer]
 
     report = prune_model(model, config, windows=windows, progress=False)
     allocation = report.allocation
@@ -177,7 +177,8 @@ def test_refinement_in_the_engine_never_increases_layer_error(method, pattern, w
         before = reconstruction_error(weight, plain_weights[0][name], hessian).sum()
         after = reconstruction_error(weight, refined_weights[0][name], hessian).sum()
         assert after <= before * (1 + 1e-5), name
-        assert (refined_weights[0][name] == 0).float().mean() == pytest.approx((plain_weights[0][name] == 0).float().mean())
+        zeros = (plain_weights[0][name] == 0).float().mean()
+        assert (refined_weights[0][name] == 0).float().mean() == pytest.approx(zeros)
     for record in report.layers:
         assert record.refine_seconds > 0
         for name, info in record.linears.items():
@@ -413,6 +414,7 @@ def test_cli_iterative_saves_the_kept_model(make_checkpoint, tmp_path, text_file
 
 
 def test_cli_iterative_rejects_bad_steps(capsys):
-    code = main(["iterative", "embedded:smollm2-135m", "--method", "wanda", "--steps", "0.3,x", "--output", "/tmp/nope"])
+    code = main(["iterative", "embedded:smollm2-135m", "--method", "wanda", "--steps", "0.3,x",
+                 "--output", "/tmp/nope"])
     assert code == 2
     assert "--steps" in capsys.readouterr().err
