@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import math
+import time
 
 import pytest
 import torch
@@ -293,8 +295,6 @@ def trained_sparse_model(prose_tokens):
 
 
 def test_iterative_stops_at_the_last_step_within_budget(trained_sparse_model, prose_tokens):
-    import copy
-
     model = copy.deepcopy(trained_sparse_model)
     original = {k: v.clone() for k, v in model.state_dict().items()}
     validation = sample_windows(prose_tokens[prose_tokens.numel() // 2:], 8, 64, seed=2)
@@ -314,8 +314,6 @@ def test_iterative_stops_at_the_last_step_within_budget(trained_sparse_model, pr
 
 
 def test_iterative_keeps_the_dense_model_when_no_step_fits(trained_sparse_model, tokenizer):
-    import copy
-
     model = copy.deepcopy(trained_sparse_model)
     original = {k: v.clone() for k, v in model.state_dict().items()}
     result = iterative_prune(model, PruningConfig(method="magnitude", sparsity=0.8, targets=TRAINED_TARGETS),
@@ -418,3 +416,32 @@ def test_cli_iterative_rejects_bad_steps(capsys):
                  "--output", "/tmp/nope"])
     assert code == 2
     assert "--steps" in capsys.readouterr().err
+
+
+# --- time and memory in the report --------------------------------------------------------------
+
+def test_peak_memory_sees_a_large_temporary():
+    from pruning_hf.resources import PeakMemory
+
+    with PeakMemory("cpu", interval=0.001) as peak:
+        block = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
+        block += 1
+        time.sleep(0.05)
+        del block
+    assert peak.extra_bytes is not None and peak.extra_bytes >= 32 * 2**20
+
+
+def test_report_records_time_and_memory_per_layer(windows):
+    model = tiny_model("llama", seed=1)
+    report = prune_model(model, PruningConfig(method="sparsegpt", sparsity=0.5, calibration=CAL), windows=windows,
+                         progress=False)
+    restored = type(report).from_dict(report.to_dict())
+    for record in (report.layers[0], restored.layers[0]):
+        assert record.method_seconds > 0 and record.refine_seconds == 0
+        assert record.statistics_bytes == 4 * (32 * 32 + 32) * 2 + 4 * (64 * 64 + 64) + 4 * (32 * 32 + 32)
+        assert record.extra_memory_bytes is not None
+
+
+def test_block_pattern_needs_a_sparsity():
+    with pytest.raises(ValueError, match=r"sparsity is required for pattern='block:4x4'"):
+        PruningConfig(method="wanda", pattern="4x4")

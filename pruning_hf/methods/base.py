@@ -81,7 +81,7 @@ class PruningMethod:
                     f"of {pattern.m} weights is pruned on its own; leave scope unset")
             return
         if config.sparsity is None:
-            raise ValueError("sparsity is required for pattern='unstructured' (a number in [0, 1), e.g. 0.5)")
+            raise ValueError(f"sparsity is required for pattern={config.pattern!r} (a number in [0, 1), e.g. 0.5)")
         if config.scope is None:
             config.scope = cls.scopes[0] if cls.scopes else None
         elif config.scope not in cls.scopes:
