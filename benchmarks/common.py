@@ -14,7 +14,11 @@ from typing import Any, Callable
 
 import torch
 
-WIKITEXT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "wikitext-2-valid.txt"
+_ROOT = Path(__file__).resolve().parents[1]
+#: ``../shared/data`` next to the checkout, also found from a git worktree one folder deeper
+WIKITEXT = next((p / "shared" / "data" / "wikitext-2-valid.txt" for p in (_ROOT.parent, _ROOT.parent.parent)
+                 if (p / "shared" / "data" / "wikitext-2-valid.txt").is_file()),
+                _ROOT.parent / "shared" / "data" / "wikitext-2-valid.txt")
 RESULTS = Path(__file__).resolve().parent / "results"
 
 

@@ -8,6 +8,7 @@ from .engine import PruningReport  # noqa: E402
 from .evaluation.energy import EnergyTracker  # noqa: E402
 from .evaluation.report import EvaluationConfig, EvaluationReport, compare_models, evaluate_model  # noqa: E402
 from .kernels import enable_2to4_kernels  # noqa: E402
+from .iterative import IterativeResult, iterative_prune  # noqa: E402
 from .methods import available_methods  # noqa: E402
 from .modeling import AutoPrunedModel, prune  # noqa: E402
 from .recipes import Recipe  # noqa: E402
@@ -16,4 +17,4 @@ from .sweep import sweep  # noqa: E402
 __all__ = ["AutoPrunedModel", "PruningConfig", "CalibrationConfig", "PruningReport", "prune",
            "available_methods", "__version__", "Recipe", "sweep", "evaluate_model", "compare_models",
            "EvaluationConfig", "EvaluationReport", "EnergyTracker",
-           "enable_2to4_kernels"]
+           "enable_2to4_kernels", "iterative_prune", "IterativeResult"]

@@ -75,23 +75,32 @@ def _add_method_options(parser: argparse.ArgumentParser) -> None:
     for name, f in _method_option_fields().items():
         kind = _field_type(f)
         options.add_argument(f"--{name.replace('_', '-')}", dest=f"option_{name}", default=None,
-                             type=_bool_arg if kind is bool else kind, help=f.metadata.get("help", ""))
+                             type=_bool_arg if kind is bool else kind,
+                             help=f.metadata.get("help", "").replace("%", "%%"))
 
 
 def _option_args(args) -> dict:
     return {k[len("option_"):]: v for k, v in vars(args).items() if k.startswith("option_") and v is not None}
 
 
-def _add_prune(sub) -> None:
-    parser = sub.add_parser("prune", help="prune a model and save the checkpoint",
-                            description="Prune MODEL (Hub id, local folder, or embedded:NAME) and save it to --output.")
+def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """The PruningConfig flags shared by `prune` and `iterative`, plus model loading and --output."""
     parser.add_argument("model")
     parser.add_argument("--method", required=True, help="pruning method (see `pruning-hf methods`)")
     parser.add_argument("--sparsity", type=float, default=None, help="fraction of weights to remove, in [0, 1)")
-    parser.add_argument("--pattern", default="unstructured", help="unstructured, or N:M such as 2:4 / 4:8")
+    parser.add_argument("--pattern", default="unstructured",
+                        help="unstructured, N:M such as 2:4 / 4:8, or blocks block:RxC such as block:4x4")
     parser.add_argument("--scope", default=None, help="layer | row | global (method-dependent)")
     parser.add_argument("--targets", default=None, help="comma-separated module-name patterns to prune")
     parser.add_argument("--ignore", default=None, help="comma-separated module-name patterns to skip")
+    beyond = parser.add_argument_group("layer allocation and refinement")
+    beyond.add_argument("--allocation", default="uniform",
+                        help="how sparsity is spread over layers: uniform | owl | global (magnitude, wanda, sparsegpt) "
+                             "| adaptive (structured)")
+    beyond.add_argument("--owl-m", type=float, default=None, help="OWL outlier threshold M (default 5)")
+    beyond.add_argument("--owl-lambda", type=float, default=None, help="OWL max deviation lambda (default 0.08)")
+    beyond.add_argument("--refine", action="store_true", help="training-free mask refinement after each Linear")
+    beyond.add_argument("--refine-iterations", type=int, default=None, help="refinement rounds per Linear")
     cal = parser.add_argument_group("calibration")
     cal.add_argument("--calibration", default="embedded",
                      help="embedded | FILE | FOLDER | HUB_ID[:CONFIG][@SPLIT] (default embedded)")
@@ -101,19 +110,25 @@ def _add_prune(sub) -> None:
     cal.add_argument("--batch-size", type=int, default=8, help="calibration windows per forward pass")
     cal.add_argument("--text-column", default="text")
     _add_method_options(parser)
+    _add_model_loading(parser)
+    parser.add_argument("--output", required=True, help="folder for the pruned checkpoint")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def _add_prune(sub) -> None:
+    parser = sub.add_parser("prune", help="prune a model and save the checkpoint",
+                            description="Prune MODEL (Hub id, local folder, or embedded:NAME) and save it to --output.")
+    _add_config_arguments(parser)
     ev = parser.add_argument_group("dense vs pruned evaluation (any of these turns it on; report saved in --output)")
     ev.add_argument("--eval-text", default=None, help="text source for dense vs pruned perplexity (default embedded@test)")
     ev.add_argument("--eval-seq-len", type=int, default=512)
     ev.add_argument("--eval-windows", type=int, default=40)
     _add_measurements(ev, prefix="eval-")
-    _add_model_loading(parser)
-    parser.add_argument("--output", required=True, help="folder for the pruned checkpoint")
     parser.add_argument("--compress", action="store_true",
                         help="store pruned weights compressed (values + bitmask / N:M indices, ~0.56x at 50%%); "
                              "loading it needs `import pruning_hf`")
     parser.add_argument("--activation-storage", default="cpu",
                         help="where calibration activations wait between layers: cpu, a device, or disk")
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.set_defaults(func=_run_prune)
 
 
@@ -125,12 +140,13 @@ def _config_from_args(args):
     from .config import PruningConfig
 
     options = _option_args(args)
+    beyond = {k: getattr(args, k) for k in ("owl_m", "owl_lambda", "refine_iterations") if getattr(args, k) is not None}
     return PruningConfig(
         method=args.method, sparsity=args.sparsity, pattern=args.pattern, scope=args.scope,
         targets=_split(args.targets), ignore=_split(args.ignore),
         calibration={"source": args.calibration, "num_samples": args.num_samples, "seq_len": args.seq_len,
                      "seed": args.seed, "batch_size": args.batch_size, "text_column": args.text_column},
-        **options)
+        allocation=args.allocation, refine=args.refine, **beyond, **options)
 
 
 def _hf_kwargs(args) -> dict:
@@ -207,6 +223,60 @@ def _measurement_settings(args, **given) -> dict:
     return {**given, "task_limit": args.task_limit, "efficiency": args.efficiency, "repeats": args.repeats,
             "energy": args.energy, "country_iso_code": args.country_iso, "samples": not args.no_samples,
             "progress": not args.no_progress}
+
+
+def _add_iterative(sub) -> None:
+    parser = sub.add_parser(
+        "iterative", help="raise sparsity in steps, keep the last model within a perplexity budget",
+        description="Prune MODEL in rising sparsity steps (up to --sparsity, or --steps), measure perplexity on a "
+                    "validation slice after each, stop at the first step over --max-ppl-increase, and save the "
+                    "last model that met it to --output.")
+    _add_config_arguments(parser)
+    it = parser.add_argument_group("steps and validation budget")
+    it.add_argument("--step", type=float, default=0.1,
+                    help="sparsity increment (default 0.1): step, 2 step, ... up to --sparsity")
+    it.add_argument("--steps", default=None, help="explicit comma-separated sparsities, e.g. 0.3,0.4,0.5,0.6")
+    it.add_argument("--max-ppl-increase", type=float, default=0.10,
+                    help="budget: relative perplexity increase over dense (default 0.10 = +10%%)")
+    it.add_argument("--validation", default="embedded@test", help="validation text source (default embedded@test)")
+    it.add_argument("--validation-seq-len", type=int, default=512)
+    it.add_argument("--validation-windows", type=int, default=16)
+    parser.set_defaults(func=_run_iterative)
+
+
+def _run_iterative(args) -> int:
+    from .calibration import load_texts
+    from .iterative import iterative_prune
+    from .modeling import load_model, load_tokenizer, resolve_name
+    from .storage import check_output_dir
+
+    try:
+        steps = [float(part) for part in _split(args.steps)] if args.steps else None
+    except ValueError:
+        raise CLIError(f"--steps must be comma-separated numbers such as 0.3,0.4,0.5, got {args.steps!r}") from None
+    if args.sparsity is None and steps:
+        args.sparsity = steps[-1]
+    config = _config_from_args(args)
+    check_output_dir(Path(args.output).absolute())
+    if config.needs_calibration:
+        load_texts(config.calibration.source, config.calibration.text_column)
+    load_texts(args.validation)
+    name = resolve_name(args.model)
+    tokenizer = load_tokenizer(name, **_hf_kwargs(args))
+    model = load_model(name, **_hf_kwargs(args))
+    result = iterative_prune(model, config, args.validation, tokenizer=tokenizer, steps=steps, step=args.step,
+                             max_increase=args.max_ppl_increase, validation_seq_len=args.validation_seq_len,
+                             validation_windows=args.validation_windows, progress=not args.no_progress)
+    print(f"validation: {args.validation} ({result.validation_tokens:,} predicted tokens), dense perplexity "
+          f"{result.dense_perplexity:.3f}, budget +{args.max_ppl_increase:.1%}\n")
+    print("| sparsity | perplexity | vs dense | within budget |\n|---|---|---|---|")
+    for step in result.steps:
+        within = "yes" if step.accepted else "no"
+        print(f"| {step.sparsity:.0%} | {step.perplexity:.3f} | {step.increase:+.1%} | {within} |")
+    model.save_pretrained(args.output)
+    kept = f"sparsity {result.sparsity:.0%}" if result.sparsity else "the dense model (no step met the budget)"
+    print(f"\nkept {kept}, perplexity {result.perplexity:.3f}; saved to {args.output}")
+    return 0
 
 
 def _add_eval(sub) -> None:
@@ -442,7 +512,7 @@ def _run_sweep(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pruning-hf", description=__doc__.splitlines()[0].strip("`"))
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_prune, _add_eval, _add_methods, _add_sweep, _add_run, _add_card, _add_push):
+    for add in (_add_prune, _add_iterative, _add_eval, _add_methods, _add_sweep, _add_run, _add_card, _add_push):
         add(sub)
     return parser
 

@@ -16,9 +16,14 @@ from typing import Any
 
 import yaml
 
+from .allocation import PREPASS_ALLOCATIONS
 from .masks import Pattern, parse_pattern
 
 __all__ = ["CalibrationConfig", "PruningConfig", "check_number", "check_int"]
+
+OWL_M = 5.0  # OWL paper (Yin et al., 2024) defaults, as in their LLaMA scripts
+OWL_LAMBDA = 0.08
+REFINE_ITERATIONS = 16
 
 
 def check_number(name: str, value: Any, low: float, high: float, *, high_inclusive: bool = False,
@@ -110,7 +115,8 @@ class PruningConfig:
     sparsity: float | None = field(default=None, metadata={"help": (
         "Fraction of targeted weights to remove, in [0, 1). Implied by N:M patterns.")})
     pattern: str = field(default="unstructured", metadata={"help": (
-        "'unstructured' or 'N:M' (at most N non-zeros in each group of M consecutive input columns).")})
+        "'unstructured', 'N:M' (at most N non-zeros in each group of M consecutive input columns) or "
+        "'block:RxC' / 'RxC' (whole blocks of R output rows x C input columns pruned together).")})
     scope: str | None = field(default=None, metadata={"help": (
         "Where weights compete: 'layer' (per Linear), 'row' (per output row), 'global' (all targets). "
         "Default depends on the method.")})
@@ -122,6 +128,24 @@ class PruningConfig:
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig, metadata={"help": (
         "Calibration data; unused by methods that need none (magnitude).")})
     options: Any = field(default=None, metadata={"help": "Method-specific options (validated dataclass)."})
+    allocation: str = field(default="uniform", metadata={"help": (
+        "How the sparsity is spread over decoder layers. magnitude / wanda / sparsegpt: 'uniform' (all "
+        "equal), 'owl' (outlier-weighted, Yin et al. 2024: layers with more outliers of the Wanda score "
+        "|W|*||X|| on the dense model are pruned less), 'global' (one threshold of that score across all "
+        "layers); the size-weighted mean over layers stays `sparsity`; needs calibration data; not with N:M. "
+        "structured: 'uniform' or 'adaptive' (global ranking of standardised unit scores).")})
+    owl_m: float = field(default=OWL_M, metadata={"help": (
+        "OWL's M: a weight is an outlier when its Wanda score exceeds M x its layer's mean score (paper: 5).")})
+    owl_lambda: float = field(default=OWL_LAMBDA, metadata={"help": (
+        "OWL's lambda: every layer's sparsity stays within `sparsity` +- lambda (paper: 0.08).")})
+    refine: bool = field(default=False, metadata={"help": (
+        "Training-free mask refinement after each Linear is pruned (DSnoT-style): swap pruned and kept "
+        "weights within each row (within each N:M group) while the Linear's reconstruction error "
+        "||WX - W'X||^2 on its calibration inputs goes down, then re-fit the kept weights (a few "
+        "conjugate-gradient steps); never increases that error. Needs calibration data and X^T X; not "
+        "with block patterns.")})
+    refine_iterations: int = field(default=REFINE_ITERATIONS, metadata={"help": (
+        "Refinement swap rounds per Linear; each round makes at most one swap per row.")})
 
     def __init__(
         self,
@@ -133,6 +157,11 @@ class PruningConfig:
         ignore: list[str] | str | None = None,
         calibration: CalibrationConfig | dict | None = None,
         options: dict | None = None,
+        allocation: str = "uniform",
+        owl_m: float = OWL_M,
+        owl_lambda: float = OWL_LAMBDA,
+        refine: bool = False,
+        refine_iterations: int = REFINE_ITERATIONS,
         **method_options: Any,
     ) -> None:
         from .methods import get_method
@@ -157,6 +186,41 @@ class PruningConfig:
         merged.update(method_options)
         self.options = method_cls.make_options(merged)
         method_cls.validate_config(self)
+        self._set_beyond(allocation, owl_m, owl_lambda, refine, refine_iterations)
+
+    def _set_beyond(self, allocation: Any, owl_m: Any, owl_lambda: Any, refine: Any, refine_iterations: Any) -> None:
+        """Validate the layer-allocation and refinement fields against the method and pattern."""
+        allowed = self.method_class.allocations
+        if allocation not in allowed:
+            raise ValueError(f"allocation={allocation!r} is not available with method {self.method!r}; "
+                             f"choose one of: {', '.join(allowed)}")
+        self.allocation = allocation
+        self.owl_m = check_number("owl_m", owl_m, 0.0, 1e6, low_inclusive=False, high_inclusive=True)
+        self.owl_lambda = check_number("owl_lambda", owl_lambda, 0.0, 0.5, high_inclusive=True)
+        if not isinstance(refine, bool):
+            raise ValueError(f"refine must be true or false, got {refine!r} ({type(refine).__name__})")
+        self.refine = refine
+        self.refine_iterations = check_int("refine_iterations", refine_iterations, 1)
+        if allocation != "owl" and (self.owl_m != OWL_M or self.owl_lambda != OWL_LAMBDA):
+            raise ValueError(f"owl_m / owl_lambda only apply with allocation='owl', not allocation={allocation!r}")
+        if not refine and self.refine_iterations != REFINE_ITERATIONS:
+            raise ValueError("refine_iterations only applies with refine=True")
+        if refine and not self.method_class.refinable:
+            raise ValueError(f"refine=True swaps single weights inside a Linear; method {self.method!r} removes "
+                             "whole units, so it does not apply")
+        if allocation in PREPASS_ALLOCATIONS:
+            if self.pattern_spec.is_nm:
+                raise ValueError(
+                    f"allocation={allocation!r} gives layers different sparsities, which pattern={self.pattern!r} "
+                    "(fixed at 1 - N/M) cannot express; use pattern='unstructured' or 'block:RxC', or "
+                    "allocation='uniform'")
+            if self.scope == "global":
+                raise ValueError(f"scope='global' already sets each layer's sparsity from one threshold; "
+                                 f"use allocation='uniform' with it, or scope='layer'/'row' with "
+                                 f"allocation={allocation!r}")
+        if refine and self.pattern_spec.is_block:
+            raise ValueError(f"refine=True swaps single weights, which would break pattern={self.pattern!r}; "
+                             "use it with 'unstructured' or N:M patterns")
 
     # --- derived views -------------------------------------------------------------------------
     @property
@@ -167,7 +231,8 @@ class PruningConfig:
 
     @property
     def needs_calibration(self) -> bool:
-        return self.method_class.needs_calibration(self)
+        """The method's own needs, or a non-uniform allocation / refinement (both read calibration inputs)."""
+        return self.method_class.needs_calibration(self) or self.allocation in PREPASS_ALLOCATIONS or self.refine
 
     # --- serialisation -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -180,6 +245,11 @@ class PruningConfig:
             "ignore": list(self.ignore),
             "calibration": dataclasses.asdict(self.calibration),
             "options": dataclasses.asdict(self.options),
+            "allocation": self.allocation,
+            "owl_m": self.owl_m,
+            "owl_lambda": self.owl_lambda,
+            "refine": self.refine,
+            "refine_iterations": self.refine_iterations,
         }
 
     @classmethod
@@ -190,7 +260,8 @@ class PruningConfig:
         data.pop("pruning_hf_version", None)
         if "method" not in data:
             raise ValueError("pruning config is missing the required key 'method'")
-        allowed = ["method", "sparsity", "pattern", "scope", "targets", "ignore", "calibration", "options"]
+        allowed = ["method", "sparsity", "pattern", "scope", "targets", "ignore", "calibration", "options",
+                   "allocation", "owl_m", "owl_lambda", "refine", "refine_iterations"]
         from .methods import get_method
 
         method_cls = get_method(data["method"])
@@ -220,5 +291,8 @@ class PruningConfig:
         return cls.from_dict(yaml.safe_load(text))
 
     def describe(self) -> str:
-        """One line for logs and reports, e.g. ``wanda 50% unstructured (row)`` (the method words it)."""
-        return self.method_class.describe(self)
+        """One line for logs and reports, e.g. ``wanda 50% unstructured (row) +owl +refine`` (the method
+        words the first part)."""
+        extra = f" +{self.allocation}" if self.allocation in PREPASS_ALLOCATIONS else ""
+        extra += " +refine" if self.refine else ""
+        return self.method_class.describe(self) + extra

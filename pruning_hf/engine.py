@@ -13,6 +13,11 @@ its three steps, so a model dispatched by accelerate with most weights offloaded
 is pruned with peak memory of one layer + its statistics + the stored activations (kept on CPU, or
 on disk with ``activation_storage="disk"``), not the whole model. The engine knows nothing of a
 method's maths; methods know nothing of models, devices or data.
+
+A non-uniform ``allocation`` (OWL, global) adds a dense pre-pass between 1 and 2: the layers run
+once in order on the dense model, and each layer's Wanda scores are summarised to set its sparsity
+(:mod:`pruning_hf.allocation`). ``refine`` adds a post-step after each method call
+(:mod:`pruning_hf.refinement`).
 """
 
 from __future__ import annotations
@@ -31,9 +36,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .allocation import PREPASS_ALLOCATIONS, allocate, summarize_layer
 from .architectures import decoder_layers, get_architecture, linear_modules
 from .devices import execution_device, onloaded, write_weight
-from .methods.base import PruningMethod
+from .methods.base import PruningMethod, weight_matrix
+from .methods.wanda import wanda_scores
+from .refinement import refine_layer
+from .resources import PeakMemory
 from .statistics import collect_input_statistics
 
 __all__ = ["prune_model", "select_targets", "PruningReport", "NonFiniteError", "CapturedInputs",
@@ -46,9 +55,16 @@ class NonFiniteError(RuntimeError):
 
 @dataclass
 class LayerRecord:
+    """One decoder layer (or the LM head): wall time, where it went, and extra memory."""
+
     index: int
     seconds: float
-    linears: dict[str, dict[str, float]] = field(default_factory=dict)  # name -> {sparsity, numel}
+    #: name -> {sparsity, numel}, plus {error_before, error_after, swaps} when refined
+    linears: dict[str, dict[str, float]] = field(default_factory=dict)
+    method_seconds: float = 0.0   # inside the method (scores, masks, weight updates)
+    refine_seconds: float = 0.0   # inside the refinement post-step
+    statistics_bytes: int = 0     # input statistics held for this layer (norms, X^T X)
+    extra_memory_bytes: int | None = None  # peak above the layer's start (GPU exact, CPU sampled RSS)
 
 
 @dataclass
@@ -68,6 +84,8 @@ class PruningReport:
     parameters_before: int = 0
     parameters_after: int = 0
     details: dict[str, Any] = field(default_factory=dict)  # method-specific, e.g. removed layers
+    #: non-uniform allocation: {kind, layer_sparsity, outlier_ratio (OWL), seconds (dense pre-pass)}
+    allocation: dict[str, Any] | None = None
 
     @property
     def sparsity(self) -> float:
@@ -272,16 +290,62 @@ def _head_statistics(model: nn.Module, head: nn.Module, windows: torch.Tensor, b
     return stats["head"]
 
 
-def _prune_targets(method, index: int, targets: dict[str, nn.Module], stats, record: LayerRecord) -> None:
-    """Let the method prune ``targets`` and write the result back; record achieved sparsity."""
+def _prune_targets(method, index: int, targets: dict[str, nn.Module], stats, record: LayerRecord,
+                   progress: bool = False) -> None:
+    """Let the method prune ``targets`` (then refine, if configured) and write the result back; record
+    achieved sparsity, time and refinement errors."""
+    config = method.config
     with onloaded(targets.values()):
+        dense = {n: weight_matrix(m).detach().float().clone() for n, m in targets.items()} if config.refine else {}
+        start = time.perf_counter()
         new_weights = method.prune_layer(index, targets, stats)
+        record.method_seconds = time.perf_counter() - start
+        refined = {}
+        if config.refine:
+            new_weights, refined = refine_layer(dense, new_weights, stats, config.pattern_spec,
+                                                config.refine_iterations, progress)
+            record.refine_seconds = time.perf_counter() - start - record.method_seconds
         for name, weight in new_weights.items():
             if not torch.isfinite(weight).all():
                 raise NonFiniteError(f"pruning produced NaN/Inf weights in {name}")
             write_weight(targets[name], weight)
             zeros = int((weight == 0).sum())
-            record.linears[name] = {"sparsity": zeros / weight.numel(), "numel": weight.numel()}
+            record.linears[name] = {"sparsity": zeros / weight.numel(), "numel": weight.numel(),
+                                    **refined.get(name, {})}
+    record.statistics_bytes = sum(s.nbytes for s in {id(s): s for s in stats.values()}.values())
+
+
+@torch.no_grad()
+def _allocate(config, layers: nn.ModuleList, per_layer: list[dict[str, nn.Module]], captured: CapturedInputs,
+              progress: bool) -> dict[str, Any]:
+    """Dense pre-pass for a non-uniform allocation: run the still-dense layers in order, summarise each
+    layer's Wanda scores ``|W| * ||X||`` on its dense inputs, then spread ``config.sparsity`` over them."""
+    start = time.perf_counter()
+    layer_inputs = captured.hidden
+    summaries, sizes, indices = [], [], []
+    bar = tqdm(list(enumerate(layers)), desc=f"dense pass ({config.allocation})", unit="layer",
+               disable=not progress, leave=False)
+    for index, layer in bar:
+        targets = per_layer[index]
+        with onloaded([layer]), collect_input_statistics(targets, hessian=False) as stats:
+            outputs = run_layer(layer, captured, index, keep_outputs=True)
+            if targets:
+                scores = [wanda_scores(weight_matrix(module).detach().float(), stats[name].column_norms)
+                          for name, module in targets.items()]
+                summaries.append(summarize_layer(config.allocation, scores, config.owl_m))
+                sizes.append(sum(score.numel() for score in scores))
+                indices.append(index)
+        if captured.hidden is layer_inputs:  # keep layer 0's inputs for the pruning pass
+            captured.hidden = outputs
+        else:
+            captured.advance(outputs)
+    if captured.hidden is not layer_inputs:
+        captured.advance(layer_inputs)
+    sparsity = dict(zip(indices, allocate(config.allocation, summaries, sizes, config.sparsity, config.owl_lambda)))
+    ratios = dict(zip(indices, summaries)) if config.allocation == "owl" else None
+    return {"kind": config.allocation, "layer_sparsity": [sparsity.get(i) for i in range(len(layers))],
+            "outlier_ratio": [ratios.get(i) for i in range(len(layers))] if ratios else None,
+            "seconds": time.perf_counter() - start}
 
 
 def _targeted_numel(model: nn.Module, config) -> int:
@@ -322,10 +386,12 @@ def prune_model(model: nn.Module, config, windows: torch.Tensor | None = None, p
     method.setup(model)
     report = PruningReport(config=config.to_dict(), model_type=getattr(model.config, "model_type", "?"),
                            parameters_before=sum(p.numel() for p in model.parameters()))
-    needs_data = method.needs_calibration(config)
-    if needs_data and windows is None:
-        raise ValueError(f"method {config.method!r} needs calibration windows; pass windows=")
     all_targets = {name: module for layer in per_layer for name, module in layer.items()} | head
+    for name, module in all_targets.items():
+        config.pattern_spec.check_shape(name, tuple(weight_matrix(module).shape))
+    needs_data = config.needs_calibration
+    if needs_data and windows is None:
+        raise ValueError(f"{config.describe()!r} needs calibration windows; pass windows=")
     targeted = _targeted_numel(model, config)
     if type(method).prepare is not PruningMethod.prepare:  # a look at every weight (global threshold)
         with onloaded(all_targets.values()):
@@ -337,24 +403,28 @@ def prune_model(model: nn.Module, config, windows: torch.Tensor | None = None, p
         capture_start = time.perf_counter()
         captured = capture_layer_inputs(model, layers, windows, config.calibration.batch_size, activation_storage)
         report.capture_seconds = time.perf_counter() - capture_start
-    hessian = method.statistics == "hessian"
+    if config.allocation in PREPASS_ALLOCATIONS:
+        report.allocation = _allocate(config, layers, per_layer, captured, progress)
+        method.layer_sparsity = report.allocation["layer_sparsity"]
+    hessian = method.statistics == "hessian" or config.refine
     bar = tqdm(list(enumerate(layers)), desc=f"pruning ({config.describe()})", unit="layer", disable=not progress)
     for index, layer in bar:
         layer_start = time.perf_counter()
         record = LayerRecord(index=index, seconds=0.0)
         targets = per_layer[index]
         stats = {}
-        with onloaded([layer]):  # one decoder layer on the compute device at a time
-            if needs_data and method.statistics and targets:
+        with PeakMemory(execution_device(layer)) as peak, onloaded([layer]):  # one layer on its device at a time
+            if needs_data and (method.statistics or config.refine) and targets:
                 with collect_input_statistics(targets, hessian) as stats:
                     run_layer(layer, captured, index, keep_outputs=False)
             if targets:
-                _prune_targets(method, index, targets, stats, record)
+                _prune_targets(method, index, targets, stats, record, progress)
             del stats
             if needs_data:
                 outputs = run_layer(layer, captured, index, keep_outputs=True)
                 method.observe_layer(index, captured.hidden, outputs)
                 captured.advance(outputs)
+        record.extra_memory_bytes = peak.extra_bytes
         record.seconds = time.perf_counter() - layer_start
         report.layers.append(record)
         bar.set_postfix(seconds=f"{record.seconds:.1f}")
@@ -366,7 +436,7 @@ def prune_model(model: nn.Module, config, windows: torch.Tensor | None = None, p
         stats = {}
         if needs_data:
             stats = {head_name: _head_statistics(model, head_module, windows, config.calibration.batch_size, hessian)}
-        _prune_targets(method, len(layers), head, stats, record)
+        _prune_targets(method, len(layers), head, stats, record, progress)
         record.seconds = time.perf_counter() - head_start
         report.layers.append(record)
     report.details = method.finalize(model)

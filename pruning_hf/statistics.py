@@ -41,6 +41,11 @@ class InputStatistics:
             self.xtx.addmm_(x.t(), x)
 
     @property
+    def nbytes(self) -> int:
+        """Memory held by these statistics."""
+        return self.sq_norms.nbytes + (self.xtx.nbytes if self.xtx is not None else 0)
+
+    @property
     def column_norms(self) -> torch.Tensor:
         """``(in,)`` L2 norm of each input feature over all tokens (Wanda's ``||X_j||_2``)."""
         return self.sq_norms.sqrt()

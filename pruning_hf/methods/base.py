@@ -39,11 +39,17 @@ class PruningMethod:
     scopes: ClassVar[tuple[str, ...]] = ()
     #: input statistics the engine collects per target Linear: None, "norms" or "hessian".
     statistics: ClassVar[str | None] = None
+    #: values allowed for ``PruningConfig.allocation`` (how sparsity is spread over layers)
+    allocations: ClassVar[tuple[str, ...]] = ("uniform",)
+    #: whether ``PruningConfig.refine`` (mask refinement after each Linear) applies
+    refinable: ClassVar[bool] = False
 
     def __init__(self, config) -> None:
         self.config = config
         self.options = config.options
         self.pattern = config.pattern_spec
+        #: per-decoder-layer sparsity set by the engine for non-uniform allocations (None: uniform)
+        self.layer_sparsity: list[float | None] | None = None
 
     # --- configuration --------------------------------------------------------------------------
     @classmethod
@@ -79,7 +85,7 @@ class PruningMethod:
                     f"of {pattern.m} weights is pruned on its own; leave scope unset")
             return
         if config.sparsity is None:
-            raise ValueError("sparsity is required for pattern='unstructured' (a number in [0, 1), e.g. 0.5)")
+            raise ValueError(f"sparsity is required for pattern={config.pattern!r} (a number in [0, 1), e.g. 0.5)")
         if config.scope is None:
             config.scope = cls.scopes[0] if cls.scopes else None
         elif config.scope not in cls.scopes:
@@ -120,12 +126,17 @@ class PruningMethod:
         raise NotImplementedError
 
     def sparsity_for(self, layer_index: int, name: str) -> float:
-        """Target sparsity of one Linear (uniform by default)."""
-        return self.config.sparsity
+        """Target sparsity of one Linear: its layer's allocation when the engine set one, else uniform."""
+        allocated = self.layer_sparsity[layer_index] if self.layer_sparsity and layer_index < len(
+            self.layer_sparsity) else None
+        return self.config.sparsity if allocated is None else allocated
 
 
 class WeightPruner(PruningMethod):
     """A method that prunes each target Linear on its own (magnitude, Wanda, SparseGPT)."""
+
+    allocations = ("uniform", "owl", "global")
+    refinable = True
 
     def prune_layer(self, layer_index, targets, stats):
         new_weights = {}

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import torch
 
-from ..masks import global_threshold, mask_from_scores, threshold_mask
+from ..masks import expand_blocks, global_threshold, mask_from_scores, threshold_mask, unit_scores
 from .base import WeightPruner, weight_matrix
 
 __all__ = ["MagnitudePruner"]
 
 
 class MagnitudePruner(WeightPruner):
-    """``score = |W|``; scope 'layer' (per Linear), 'row' (per output row) or 'global' (one threshold)."""
+    """``score = |W|``; scope 'layer' (per Linear), 'row' (per output row) or 'global' (one threshold).
+
+    With a block pattern the units are whole blocks scored by their summed ``|W|``; 'row' then
+    means per strip of block rows.
+    """
 
     name = "magnitude"
     scopes = ("layer", "row", "global")
@@ -22,13 +26,16 @@ class MagnitudePruner(WeightPruner):
 
     def prepare(self, targets) -> None:
         if self.config.scope == "global" and not self.pattern.is_nm:
-            scores = [weight_matrix(module).detach().abs() for module in targets.values()]
+            scores = [unit_scores(weight_matrix(module).detach().abs().float(), self.pattern)
+                      for module in targets.values()]
             self.threshold = global_threshold(scores, self.config.sparsity)
 
     def prune_weight(self, name, weight, stats, sparsity) -> torch.Tensor:
         scores = weight.abs()
         if self.threshold is not None:
-            keep = threshold_mask(scores, self.threshold)
+            keep = threshold_mask(unit_scores(scores, self.pattern), self.threshold)
+            if self.pattern.is_block:
+                keep = expand_blocks(keep, self.pattern.rows, self.pattern.cols)
         else:
             keep = mask_from_scores(scores, sparsity, self.pattern, per_row=self.config.scope == "row")
         return weight.masked_fill_(~keep, 0.0)

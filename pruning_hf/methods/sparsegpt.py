@@ -12,7 +12,7 @@ from typing import Sequence
 import torch
 
 from ..config import check_int, check_number
-from ..masks import Pattern, nm_mask, topk_mask
+from ..masks import Pattern, mask_from_scores, nm_mask
 from .base import WeightPruner, weight_matrix
 
 __all__ = ["SparseGPTOptions", "SparseGPTPruner", "inverse_hessian_factor", "sparsegpt_prune"]
@@ -63,10 +63,12 @@ def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float
     """Prune ``weight`` ``(out, in)`` in place with OBS updates; ``hessian`` is ``(in, in)`` fp32.
 
     Unstructured: each block of ``block_size`` columns loses ``sparsity`` of its weights (lowest
-    ``w^2 / d^2`` across the block). N:M: each group of ``m`` columns keeps its ``n`` best weights,
-    chosen after the updates from earlier columns. Rows are independent given ``H``, so Linears that
-    share an input can be stacked and pruned in one pass: ``row_groups`` (row counts summing to
-    ``out``) makes each stacked matrix choose its unstructured mask on its own. Returns ``weight``.
+    ``w^2 / d^2`` across the block); block patterns likewise lose whole tiles, scored by their
+    summed saliency (``block_size`` must be a multiple of the tile width). N:M: each group of ``m``
+    columns keeps its ``n`` best weights, chosen after the updates from earlier columns. Rows are
+    independent given ``H``, so Linears that share an input can be stacked and pruned in one pass:
+    ``row_groups`` (row counts summing to ``out``) makes each stacked matrix choose its unstructured
+    mask on its own. Returns ``weight``.
     """
     row_groups = list(row_groups) if row_groups else [weight.shape[0]]
     hessian = hessian.clone()
@@ -84,7 +86,7 @@ def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float
         keep = torch.ones_like(block, dtype=torch.bool)
         if not pattern.is_nm:
             saliency = block.square() / diag.square().unsqueeze(0)
-            keep = torch.cat([topk_mask(part, sparsity) for part in saliency.split(row_groups)])
+            keep = torch.cat([mask_from_scores(part, sparsity, pattern) for part in saliency.split(row_groups)])
         for i in range(end - start):
             if pattern.is_nm and i % pattern.m == 0:
                 group = slice(i, i + pattern.m)
@@ -109,10 +111,11 @@ class SparseGPTPruner(WeightPruner):
     def validate_config(cls, config) -> None:
         super().validate_config(config)
         pattern, block_size = config.pattern_spec, config.options.block_size
-        if pattern.is_nm and block_size % pattern.m:
+        width = f"M={pattern.m}" if pattern.is_nm else f"the block width C={pattern.cols}"
+        if block_size % (pattern.m if pattern.is_nm else pattern.cols):
             raise ValueError(
-                f"block_size={block_size} must be a multiple of M={pattern.m} for pattern={config.pattern!r} "
-                "so no group of M columns straddles two blocks")
+                f"block_size={block_size} must be a multiple of {width} for pattern={config.pattern!r} "
+                "so no group of columns straddles two blocks")
 
     def prune_layer(self, layer_index, targets, stats):
         """Linears reading the same input (q/k/v, gate/up) share one Hessian: prune them stacked."""

@@ -52,7 +52,6 @@ __all__ = ["StructuredOptions", "StructuredPruner", "column_energy", "unit_score
 logger = logging.getLogger(__name__)
 TARGETS = ("mlp", "heads", "both")
 IMPORTANCES = ("magnitude", "activation", "fluctuation", "random")
-ALLOCATIONS = ("uniform", "adaptive")
 
 
 def check_choice(name: str, value, allowed: tuple[str, ...]) -> None:
@@ -68,16 +67,13 @@ class StructuredOptions:
     importance: str = field(default="activation", metadata={"help": (
         "Unit score: 'magnitude' (weights only), 'activation' (Wanda-style |W|*||X|| per unit), 'fluctuation' "
         "(FLAP: input variance, mean folded into the output bias) or 'random'.")})
-    allocation: str = field(default="uniform", metadata={"help": (
-        "'uniform' (same fraction removed from every layer) or 'adaptive' (global ranking of standardised "
-        "scores; widths differ per layer).")})
     min_layer_keep: float = field(default=0.1, metadata={"help": (
-        "Adaptive allocation: every layer keeps at least this fraction of its neurons / head units (and one).")})
+        "With allocation='adaptive': every layer keeps at least this fraction of its neurons / head units "
+        "(and one).")})
 
     def __post_init__(self) -> None:
         check_choice("target", self.target, TARGETS)
         check_choice("importance", self.importance, IMPORTANCES)
-        check_choice("allocation", self.allocation, ALLOCATIONS)
         check_number("min_layer_keep", self.min_layer_keep, 0.0, 1.0, high_inclusive=True)
 
 
@@ -163,6 +159,9 @@ class StructuredPruner(PruningMethod):
 
     name = "structured"
     Options = StructuredOptions
+    #: "uniform": same fraction removed from every layer; "adaptive": global ranking of standardised
+    #: scores, widths differ per layer (each keeps at least ``min_layer_keep``)
+    allocations = ("uniform", "adaptive")
 
     def __init__(self, config) -> None:
         super().__init__(config)
@@ -195,7 +194,7 @@ class StructuredPruner(PruningMethod):
     @classmethod
     def describe(cls, config) -> str:
         options = config.options
-        return f"structured {config.sparsity:.0%} {options.target} ({options.importance}, {options.allocation})"
+        return f"structured {config.sparsity:.0%} {options.target} ({options.importance}, {config.allocation})"
 
     # --- engine hooks -----------------------------------------------------------------------------
     def setup(self, model: nn.Module) -> None:
@@ -281,7 +280,7 @@ class StructuredPruner(PruningMethod):
     def prune_layer(self, layer_index, targets, stats):
         for kind in self.kinds:
             scored = self._score(layer_index, kind, stats)
-            if self.options.allocation == "adaptive":
+            if self.config.allocation == "adaptive":
                 self.pending[kind].append(scored)
             else:
                 remove = min(num_to_prune(len(scored.scores), self.config.sparsity), len(scored.scores) - 1)
