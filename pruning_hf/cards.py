@@ -17,15 +17,17 @@ from pathlib import Path
 
 from .embedded import EMBEDDED_MODELS, EMBEDDED_PREFIX, is_embedded
 from .config import PruningConfig
+from .masks import parse_pattern
 
 __all__ = ["CARD_FILE", "EVALUATION_FILE", "RECIPE_FILE", "SWEEP_PLOTS", "TEMPLATES", "render_model_card",
            "write_model_card", "reproduce_command", "base_model_id"]
 
 CARD_FILE = "README.md"
-EVALUATION_FILE = "evaluation.json"
+EVALUATION_FILE = "evaluation.json"  # a recipe's or sweep's measurements
+EVALUATION_REPORT_FILE = "evaluation_report.json"  # pruning_hf.evaluation's dense-vs-pruned report
 RECIPE_FILE = "recipe.yaml"
 SWEEP_PLOTS = ("sweep_perplexity.png", "sweep_pareto.png")
-TEMPLATES = Path(__file__).parent / "model_cards"
+TEMPLATES = Path(__file__).parent / "model_cards"  # a link to the repository's top-level model_cards/
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
@@ -87,7 +89,9 @@ _TABLE_ROWS = (
 def _comparison_rows(evaluation: dict) -> list[dict[str, str]]:
     dense, pruned = evaluation.get("dense") or {}, evaluation.get("pruned") or {}
     rows = []
-    for key, label, fmt in _TABLE_ROWS:
+    tasks = tuple((key, f"{key[len('task:'):]} accuracy", lambda v: f"{v:.3f}")
+                  for key in pruned if key.startswith("task:"))
+    for key, label, fmt in _TABLE_ROWS + tasks:
         if key not in pruned:
             continue
         base = dense.get(key)
@@ -101,11 +105,17 @@ def reproduce_command(pruning: dict, base: str, output: str = "pruned-model") ->
     """The ``pruning-hf prune`` command line that re-creates a checkpoint from its pruning config."""
     calibration = pruning.get("calibration") or {}
     parts = ["pruning-hf prune", base, f"--method {pruning['method']}"]
-    if not str(pruning.get("pattern", "unstructured")).count(":"):
+    if pruning.get("sparsity") is not None and not parse_pattern(pruning.get("pattern", "unstructured")).is_nm:
         parts.append(f"--sparsity {pruning['sparsity']}")
     parts.append(f"--pattern {pruning.get('pattern', 'unstructured')}")
     if pruning.get("scope"):
         parts.append(f"--scope {pruning['scope']}")
+    if pruning.get("allocation", "uniform") != "uniform":
+        parts.append(f"--allocation {pruning['allocation']}")
+        if pruning["allocation"] == "owl":
+            parts.append(f"--owl-m {pruning['owl_m']} --owl-lambda {pruning['owl_lambda']}")
+    if pruning.get("refine"):
+        parts.append(f"--refine --refine-iterations {pruning['refine_iterations']}")
     for key in ("targets", "ignore"):
         if pruning.get(key):
             parts.append(f"--{key} {','.join(pruning[key])}")
@@ -116,6 +126,51 @@ def reproduce_command(pruning: dict, base: str, output: str = "pruned-model") ->
         parts.append(f"--{key.replace('_', '-')} {value}")
     parts.append(f"--output {output}")
     return " ".join(parts)
+
+
+def _card_metrics(entry: dict) -> dict:
+    """One model of an evaluation report (``pruning_hf.evaluation/1``) as the card's table metrics."""
+    quality = entry.get("perplexity") or {}
+    metrics = {"perplexity": quality.get("perplexity"), "eval_tokens": quality.get("tokens"),
+               "eval_windows": quality.get("windows")}
+    efficiency = entry.get("efficiency") or {}
+    if efficiency:
+        metrics.update(params_total=efficiency["parameters"]["total"], params_nonzero=efficiency["parameters"]["nonzero"],
+                       weight_bytes=efficiency["weights_bytes"])
+        if efficiency["prefill"]["batch"] == 1:
+            metrics["prefill_ms"] = efficiency["prefill"]["median_seconds"] * 1000
+        if "1" in efficiency["decode"]:
+            metrics["decode_tokens_per_s"] = efficiency["decode"]["1"]["tokens_per_second"]
+    phase = (entry.get("energy") or {}).get("perplexity")
+    if phase and quality.get("tokens"):
+        metrics.update(energy_wh_per_1k_tokens=phase["energy_kwh"] * 1e6 / quality["tokens"],
+                       emissions_g=phase["emissions_g"])
+    for task, result in (entry.get("tasks") or {}).items():
+        metrics[f"task:{task}"] = result["acc"]
+    return {key: value for key, value in metrics.items() if value is not None}
+
+
+def _from_evaluation_report(report: dict) -> dict:
+    """An evaluation report (``evaluation_report.json``) in the shape of a recipe's ``evaluation.json``."""
+    from .evaluation.energy import country_name
+
+    models = report.get("models") or []
+    if len(models) < 2:
+        return {}
+    settings = report.get("settings") or {}
+    energy = report.get("energy") or {}
+    tracking = energy.get("tracking") or {}
+    converted = {"settings": {"text": settings.get("text"), "seq_len": settings.get("seq_len")},
+                 "dense": _card_metrics(models[0]), "pruned": _card_metrics(models[-1])}
+    if energy:
+        info = {"country": country_name(energy["country_iso_code"]), "hardware": tracking.get("hardware", "?"),
+                "source": f"codecarbon {energy.get('codecarbon_version')}: {tracking.get('summary', '?')}"}
+        converted["pruned"]["energy_info"] = info
+        pruning = (models[-1].get("energy") or {}).get("pruning")
+        if pruning:
+            converted["pruning_energy"] = {"energy_kwh": pruning["energy_kwh"], "emissions_g": pruning["emissions_g"],
+                                           "duration_s": pruning["seconds"], **info}
+    return converted
 
 
 def _co2_metadata(energy: dict | None) -> dict | None:
@@ -147,7 +202,8 @@ def render_model_card(folder: str | os.PathLike, repo_id: str | None = None, loc
     if not pruning:
         return None
     report = _read_json(folder / "pruning_report.json") or {}
-    evaluation = _read_json(folder / EVALUATION_FILE) or {}
+    evaluation = _read_json(folder / EVALUATION_FILE) or _from_evaluation_report(
+        _read_json(folder / EVALUATION_REPORT_FILE) or {})
     recipe = (folder / RECIPE_FILE).read_text(encoding="utf-8") if (folder / RECIPE_FILE).is_file() else None
     pruned_from = config.get("pruned_from")
     base = base_model_id(pruned_from)

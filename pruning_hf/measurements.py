@@ -9,9 +9,6 @@ machine without RAPL it *estimates* CPU power from load, which :func:`energy_met
 
 from __future__ import annotations
 
-import logging
-import statistics
-import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Iterator
@@ -20,13 +17,14 @@ import torch
 
 from .calibration import load_texts, tokenize_texts
 from .config import check_int
-from .devices import execution_device
+from .evaluation.efficiency import measure_efficiency, parameter_counts
+from .evaluation.energy import DEFAULT_COUNTRY_ISO as DEFAULT_COUNTRY
+from .evaluation.energy import EnergyTracker, check_country_iso, country_name
 from .evaluation.perplexity import perplexity
 
 __all__ = ["METRICS", "MeasureSettings", "evaluation_tokens", "measure_model", "energy_meter",
-           "check_country", "prune_measured", "relative_metrics", "DEFAULT_COUNTRY"]
+           "prune_measured", "relative_metrics", "DEFAULT_COUNTRY"]
 
-DEFAULT_COUNTRY = "USA"
 
 #: metric name -> (description, unit); the columns of sweep tables and the keys recipes may expect.
 METRICS: dict[str, tuple[str, str]] = {
@@ -70,7 +68,7 @@ class MeasureSettings:
         check_int("repeats", self.repeats, 1)
         check_int("decode_tokens", self.decode_tokens, 1)
         if self.energy:
-            self.country_iso_code = check_country(self.country_iso_code)
+            self.country_iso_code = check_country_iso(self.country_iso_code)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -91,86 +89,35 @@ def evaluation_tokens(settings: MeasureSettings, tokenizer) -> torch.Tensor:
 
 
 def _parameter_counts(model) -> dict[str, int]:
-    total = nonzero = weight_bytes = 0
-    for param in model.parameters():  # shared (tied) parameters are yielded once
-        total += param.numel()
-        weight_bytes += param.numel() * param.element_size()
-        if param.device.type != "meta":
-            nonzero += int(torch.count_nonzero(param.detach()))
-    return {"params_total": total, "params_nonzero": nonzero, "weight_bytes": weight_bytes}
+    counts = parameter_counts(model)
+    return {"params_total": counts["total"], "params_nonzero": counts["nonzero"], "weight_bytes": counts["bytes"]}
 
 
-def _median_seconds(run, repeats: int) -> float:
-    run()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-@torch.no_grad()
-def _speed(model, tokens: torch.Tensor, settings: MeasureSettings) -> dict[str, float]:
-    device = execution_device(model.get_input_embeddings())
-    prompt = tokens[: settings.seq_len].unsqueeze(0).to(device)
-    prefill = _median_seconds(lambda: model(input_ids=prompt, use_cache=False), settings.repeats)
-    short = prompt[:, : min(32, prompt.shape[1])]
-    new = settings.decode_tokens
-
-    def decode():
-        model.generate(short, attention_mask=torch.ones_like(short), max_new_tokens=new, min_new_tokens=new,
-                       do_sample=False, pad_token_id=0)
-
-    decode_seconds = _median_seconds(decode, max(1, settings.repeats // 2))
-    return {"prefill_ms": prefill * 1000, "decode_tokens_per_s": new / decode_seconds}
-
-
-def check_country(code: str) -> str:
-    """``code`` if codecarbon knows its grid carbon intensity, else a ValueError listing examples."""
-    from codecarbon.input import DataSource
-
-    known = DataSource().get_global_energy_mix_data()
-    if not isinstance(code, str) or code.upper() not in known:
-        raise ValueError(f"country_iso_code={code!r} is not a country codecarbon knows; give an ISO 3166-1 "
-                         f"alpha-3 code such as USA, FRA, DEU, GBR, CAN ({len(known)} are known)")
-    return code.upper()
-
-
-def _cpu_measurement(tracker) -> str:
-    modes = {getattr(h, "_mode", None) for h in getattr(tracker, "_hardware", [])}
-    if "intel_rapl" in modes or "intel_power_gadget" in modes:
-        return "CPU energy read from RAPL counters"
-    return "CPU power estimated from CPU load and TDP (no RAPL)"
+def _speed(model, settings: MeasureSettings) -> dict[str, float]:
+    """Prefill latency (batch 1 x ``seq_len``) and batch-1 decode speed, from the evaluation package."""
+    measured = measure_efficiency(model, prefill_seq_len=settings.seq_len, decode_batches=(1,),
+                                  new_tokens=settings.decode_tokens, repeats=settings.repeats, disk=False)
+    return {"prefill_ms": measured["prefill"]["median_seconds"] * 1000,
+            "decode_tokens_per_s": measured["decode"]["1"]["tokens_per_second"]}
 
 
 @contextmanager
 def energy_meter(country_iso_code: str = DEFAULT_COUNTRY) -> Iterator[dict]:
-    """Measure the energy of the ``with`` block with codecarbon's offline tracker (no network, no file).
+    """Measure the energy of the ``with`` block with :class:`~pruning_hf.evaluation.EnergyTracker`.
 
     Yields a dict filled on exit: ``energy_kwh``, ``emissions_g`` (grams; codecarbon reports kg),
-    ``duration_s``, ``country``, ``hardware``, ``tracking_mode`` and ``source`` (what was measured).
+    ``duration_s``, ``country_iso_code``, ``hardware``, ``tracking_mode`` and ``source`` (what was
+    measured and what estimated).
     """
-    from codecarbon import OfflineEmissionsTracker
-
-    country = check_country(country_iso_code)
-    logging.getLogger("codecarbon").setLevel(logging.ERROR)
-    tracker = OfflineEmissionsTracker(country_iso_code=country, output_methods=[], log_level="error")
     result: dict = {}
-    tracker.start()
-    try:
-        yield result
-    finally:
-        tracker.stop()
-        data = tracker.final_emissions_data
-        hardware = f"{data.cpu_model or 'CPU'} ({data.cpu_count} CPU threads)"
-        if data.gpu_count:
-            hardware += f", {data.gpu_count} x {data.gpu_model}"
-        result.update(energy_kwh=float(data.energy_consumed), emissions_g=float(data.emissions) * 1000.0,
-                      duration_s=float(data.duration), country=data.country_name or country,
-                      country_iso_code=country, hardware=hardware, tracking_mode=data.tracking_mode,
-                      source=f"codecarbon {data.codecarbon_version}: {_cpu_measurement(tracker)}, RAM model"
-                             + (", GPU from NVML" if data.gpu_count else ""))
+    with EnergyTracker(country_iso_code) as tracker:
+        with tracker.phase("workload") as phase:
+            yield result
+    tracking = tracker.tracking or {}
+    result.update(energy_kwh=phase.energy_kwh, emissions_g=phase.emissions_g, duration_s=phase.seconds,
+                  country=country_name(tracker.country_iso_code), country_iso_code=tracker.country_iso_code,
+                  hardware=tracking.get("hardware", "?"), tracking_mode=tracking.get("tracking_mode"),
+                  source=f"codecarbon {tracker.to_dict()['codecarbon_version']}: {tracking.get('summary', '?')}")
 
 
 def measure_model(model, tokenizer, tokens: torch.Tensor, settings: MeasureSettings) -> dict[str, float]:
@@ -188,7 +135,7 @@ def measure_model(model, tokenizer, tokens: torch.Tensor, settings: MeasureSetti
     result: dict = {"perplexity": quality["perplexity"], "eval_tokens": quality["tokens"],
                     "eval_windows": quality["windows"], **_parameter_counts(model)}
     if settings.efficiency:
-        result.update(_speed(model, tokens, settings))
+        result.update(_speed(model, settings))
     if energy is not None:
         result.update(energy_kwh=energy["energy_kwh"], emissions_g=energy["emissions_g"],
                       energy_wh_per_1k_tokens=energy["energy_kwh"] * 1e6 / quality["tokens"],

@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-__all__ = ["DEFAULT_COUNTRY_ISO", "EnergyTracker", "PhaseEnergy", "check_country_iso", "EnergyError"]
+__all__ = ["DEFAULT_COUNTRY_ISO", "EnergyTracker", "PhaseEnergy", "check_country_iso", "country_name", "EnergyError"]
 
 DEFAULT_COUNTRY_ISO = "USA"
 
@@ -53,6 +53,11 @@ def _known_countries() -> dict[str, str]:
     from codecarbon.input import DataSource
 
     return {code: data.get("country_name", code) for code, data in DataSource().get_global_energy_mix_data().items()}
+
+
+def country_name(code: str) -> str:
+    """codecarbon's name for an ISO alpha-3 country code (``"FRA"`` -> ``"France"``)."""
+    return _known_countries().get(code.upper(), code)
 
 
 def check_country_iso(code: str) -> str:
@@ -105,6 +110,23 @@ class PhaseEnergy:
         data["emissions_g"] = self.emissions_g
         data.update(self.per_1k_tokens() or {})
         return data
+
+
+def _hardware_name(tracker) -> str:
+    """``"<CPU model> (<n> CPU threads)[, <k> x <GPU>]"`` as codecarbon detected it."""
+    from codecarbon.core.util import count_cpus
+
+    name = "CPU"
+    gpus = []
+    for hardware in getattr(tracker, "_hardware", None) or []:
+        kind = type(hardware).__name__
+        if kind in ("CPU", "AppleSiliconChip") and hasattr(hardware, "get_model"):
+            name = hardware.get_model() or name
+        elif kind == "GPU":
+            gpus = [gpu.get("name", "GPU") for gpu in hardware.devices.get_gpu_static_info()] \
+                if hasattr(hardware, "devices") else ["GPU"]
+    described = f"{name} ({count_cpus()} CPU threads)"
+    return described + (f", {len(gpus)} x {gpus[0]}" if gpus else "")
 
 
 class EnergyTracker:
@@ -209,6 +231,7 @@ class EnergyTracker:
             elif kind == "AppleSiliconChip":
                 info["cpu"] = "apple_powermetrics: Apple powermetrics"
                 measured.append("cpu")
+        info["hardware"] = _hardware_name(self._tracker)
         info["measured"] = measured
         info["summary"] = ("measured: " + ", ".join(measured) + "; RAM estimated") if measured else \
             "estimate (no hardware energy counter readable; codecarbon estimated CPU power from load x TDP)"
