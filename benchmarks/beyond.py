@@ -1,6 +1,7 @@
 """Beyond SparseGPT and Wanda: OWL layer allocation and mask refinement on two real models.
 
-    python benchmarks/beyond.py [--quick] [--models embedded:smollm2-135m,...] [--threads 1]
+    python benchmarks/beyond.py [--quick] [--models embedded:smollm2-135m,...] [--settings 50%,2:4]
+        [--variants "SparseGPT,Wanda,SparseGPT +OWL +refine"] [--threads 1]
 
 For each model: the dense perplexity, then at 50%, 60%, 70% unstructured and 2:4, SparseGPT and
 Wanda alone, with OWL allocation, with refinement, and with both (OWL cannot apply to 2:4, whose
@@ -128,6 +129,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="SmolLM2 only, 60%%, 3 rows, small windows")
     parser.add_argument("--models", default=None, help="comma-separated model names (default: both embedded models)")
+    parser.add_argument("--settings", default=None, help=f"comma-separated subset of {list(SETTINGS)}")
+    parser.add_argument("--variants", default=None, help="comma-separated subset of the configurations")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (default 1: on a busy 2-core machine no slower, and steadier)")
     parser.add_argument("--fresh", action="store_true", help="ignore rows saved by an earlier run")
@@ -135,12 +138,19 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     name = "beyond-quick" if args.quick else "beyond"
     setup = dict(QUICK if args.quick else FULL, text=common.text_source(), threads=args.threads,
-                 command=f"python benchmarks/beyond.py{' --quick' if args.quick else ''}")
+                 command=" ".join(["python", "benchmarks/beyond.py", *sys.argv[1:]]))
     if args.models:
         setup["models"] = args.models.split(",")
+    for key, allowed in (("settings", SETTINGS), ("variants", VARIANTS)):
+        chosen = getattr(args, key)
+        if chosen:
+            unknown = [item for item in chosen.split(",") if item not in allowed]
+            if unknown:
+                parser.error(f"--{key}: unknown {unknown}; choose from {list(allowed)}")
+            setup[key] = chosen.split(",")
     path = common.RESULTS / f"{name}.json"
     previous = json.loads(path.read_text()) if path.is_file() and not args.fresh else {}
-    same = all(previous.get("setup", {}).get(k) == v for k, v in setup.items() if k != "models")
+    same = all(previous.get("setup", {}).get(k) == v for k, v in setup.items() if k not in ("models", "command"))
     done = {(r["model"], r["setting"], r["variant"]): r for r in previous.get("rows", [])} if same else {}
     rows = []
     for model_name in setup["models"]:

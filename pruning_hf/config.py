@@ -19,11 +19,18 @@ import yaml
 from .allocation import PREPASS_ALLOCATIONS
 from .masks import Pattern, parse_pattern
 
-__all__ = ["CalibrationConfig", "PruningConfig", "check_number", "check_int"]
+__all__ = ["CalibrationConfig", "PruningConfig", "check_number", "check_int", "check_choice"]
 
 OWL_M = 5.0  # OWL paper (Yin et al., 2024) defaults, as in their LLaMA scripts
 OWL_LAMBDA = 0.08
 REFINE_ITERATIONS = 16
+
+
+def check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
+    """``value`` if it is one of ``allowed``, else a ValueError naming both."""
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r} is not allowed; choose one of: {', '.join(allowed)}")
+    return value
 
 
 def check_number(name: str, value: Any, low: float, high: float, *, high_inclusive: bool = False,

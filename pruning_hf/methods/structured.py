@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from ..architectures import decoder_layers, get_architecture
-from ..config import check_number
+from ..config import check_choice, check_number
 from ..devices import is_offloaded
 from ..masks import num_to_prune
 from ..shrink import (add_zero_bias, attention_geometry, attention_linears, bias_switch_works, block_indices,
@@ -52,11 +52,6 @@ __all__ = ["StructuredOptions", "StructuredPruner", "column_energy", "unit_score
 logger = logging.getLogger(__name__)
 TARGETS = ("mlp", "heads", "both")
 IMPORTANCES = ("magnitude", "activation", "fluctuation", "random")
-
-
-def check_choice(name: str, value, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name}={value!r} is not allowed; choose one of: {', '.join(allowed)}")
 
 
 @dataclass
