@@ -408,7 +408,7 @@ def _add_run(sub) -> None:
 
 
 def _run_recipe(args) -> int:
-    from .measurements import METRICS
+    from .measurements import is_metric
     from .recipes import Recipe
 
     recipe = Recipe.from_yaml(args.recipe, quick=args.quick)
@@ -418,7 +418,7 @@ def _run_recipe(args) -> int:
           f"saved to {result.output}\n")
     print("| metric | value |\n|---|---|")
     for name, value in result.metrics.items():
-        if name in METRICS or name.removeprefix("dense_") in METRICS:
+        if is_metric(name.removeprefix("dense_")):
             print(f"| {name} | {value:.6g} |")
     if result.url:
         print(f"\npushed to {result.url}")
@@ -452,6 +452,9 @@ def _add_sweep(sub) -> None:
     ev.add_argument("--eval-text", default="embedded@test")
     ev.add_argument("--eval-seq-len", type=int, default=512)
     ev.add_argument("--eval-windows", type=int, default=40)
+    ev.add_argument("--tasks", default=None,
+                    help="accuracy tasks (piqa, arc_easy, ... or NAME=FILE.jsonl); budgets may use NAME_acc>=VALUE")
+    ev.add_argument("--task-limit", type=int, default=None, help="first N examples of each task")
     ev.add_argument("--no-efficiency", action="store_true", help="skip latency and tokens/s")
     ev.add_argument("--no-energy", action="store_true", help="skip codecarbon energy")
     ev.add_argument("--country-iso", default="USA", help="grid carbon intensity country for codecarbon (ISO alpha-3)")
@@ -475,7 +478,8 @@ def _sweep_from_args(args, methods: list[str], method_options: dict):
                      "seed": args.seed, "batch_size": args.batch_size, "text_column": args.text_column},
         evaluation={"text": args.eval_text, "seq_len": args.eval_seq_len, "max_windows": args.eval_windows,
                     "efficiency": not args.no_efficiency, "energy": not args.no_energy,
-                    "country_iso_code": args.country_iso},
+                    "country_iso_code": args.country_iso, "tasks": _split(args.tasks) or [],
+                    "task_limit": args.task_limit},
         method_options=method_options, budget=args.budget, objective=args.objective, output=args.output,
         save_best=args.save_best, hf_kwargs=_hf_kwargs(args), progress=not args.no_progress)
 

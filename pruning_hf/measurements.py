@@ -9,6 +9,7 @@ machine without RAPL it *estimates* CPU power from load, which :func:`energy_met
 
 from __future__ import annotations
 
+import functools
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Iterator
@@ -21,8 +22,9 @@ from .evaluation.efficiency import measure_efficiency, parameter_counts
 from .evaluation.energy import DEFAULT_COUNTRY_ISO as DEFAULT_COUNTRY
 from .evaluation.energy import EnergyTracker, check_country_iso, country_name
 from .evaluation.perplexity import perplexity
+from .evaluation.tasks import load_tasks, parse_task_list, run_task, task_names
 
-__all__ = ["METRICS", "MeasureSettings", "evaluation_tokens", "measure_model", "energy_meter",
+__all__ = ["METRICS", "TASK_SUFFIX", "is_metric", "MeasureSettings", "evaluation_tokens", "measure_model", "energy_meter",
            "prune_measured", "relative_metrics", "DEFAULT_COUNTRY"]
 
 
@@ -44,6 +46,15 @@ METRICS: dict[str, tuple[str, str]] = {
     "pruning_energy_kwh": ("energy of the pruning run (codecarbon)", "kWh"),
     "pruning_emissions_g": ("CO2-equivalent of the pruning run (codecarbon)", "g"),
 }
+#: task accuracies are metrics named ``<task>_acc`` (e.g. ``piqa_acc``): a fraction, higher is better
+TASK_SUFFIX = "_acc"
+
+
+def is_metric(name: str) -> bool:
+    """A metric of :data:`METRICS` or a task accuracy (``<task>_acc``)."""
+    return name in METRICS or name.endswith(TASK_SUFFIX)
+
+
 @dataclass
 class MeasureSettings:
     """How a model is measured; the same settings for every model compared."""
@@ -57,6 +68,10 @@ class MeasureSettings:
     energy: bool = field(default=False, metadata={"help": "Measure energy and CO2e with codecarbon."})
     country_iso_code: str = field(default=DEFAULT_COUNTRY, metadata={"help": (
         "ISO 3166-1 alpha-3 country whose grid carbon intensity codecarbon uses.")})
+    tasks: list[str] = field(default_factory=list, metadata={"help": (
+        "Accuracy tasks (piqa, arc_easy, ... or NAME=FILE.jsonl, see pruning_hf.evaluation.tasks); each adds "
+        "a metric <name>_acc.")})
+    task_limit: int | None = field(default=None, metadata={"help": "First N examples of each task (None: all)."})
     repeats: int = field(default=5, metadata={"help": "Timed repeats (median) for latency."})
     decode_tokens: int = field(default=32, metadata={"help": "Tokens generated for the decode speed."})
 
@@ -67,6 +82,9 @@ class MeasureSettings:
         check_int("batch_size", self.batch_size, 1)
         check_int("repeats", self.repeats, 1)
         check_int("decode_tokens", self.decode_tokens, 1)
+        self.tasks = parse_task_list(self.tasks)
+        if self.task_limit is not None:
+            check_int("task_limit", self.task_limit, 1)
         if self.energy:
             self.country_iso_code = check_country_iso(self.country_iso_code)
 
@@ -76,6 +94,7 @@ class MeasureSettings:
     def metric_names(self) -> list[str]:
         """The metrics :func:`measure_model` returns under these settings."""
         names = ["perplexity", "params_total", "params_nonzero", "weight_bytes"]
+        names += [f"{name}{TASK_SUFFIX}" for name in task_names(self.tasks)]
         if self.efficiency:
             names += ["prefill_ms", "decode_tokens_per_s"]
         if self.energy:
@@ -86,6 +105,12 @@ class MeasureSettings:
 def evaluation_tokens(settings: MeasureSettings, tokenizer) -> torch.Tensor:
     """The evaluation text as one 1-D token tensor (tokenize once, measure many models on it)."""
     return tokenize_texts(load_texts(settings.text, settings.text_column), tokenizer)
+
+
+@functools.lru_cache(maxsize=8)
+def _tasks(specs: tuple[str, ...], limit: int | None) -> list:
+    """Tasks loaded once per process (every point of a sweep is scored on the same examples)."""
+    return load_tasks(list(specs), limit)
 
 
 def _parameter_counts(model) -> dict[str, int]:
@@ -134,6 +159,8 @@ def measure_model(model, tokenizer, tokens: torch.Tensor, settings: MeasureSetti
         quality, energy = perplexity(model, tokens, settings.seq_len, settings.max_windows, settings.batch_size), None
     result: dict = {"perplexity": quality["perplexity"], "eval_tokens": quality["tokens"],
                     "eval_windows": quality["windows"], **_parameter_counts(model)}
+    for task in _tasks(tuple(settings.tasks), settings.task_limit):
+        result[f"{task.name}{TASK_SUFFIX}"] = run_task(model, tokenizer, task, settings.batch_size)["acc"]
     if settings.efficiency:
         result.update(_speed(model, settings))
     if energy is not None:

@@ -36,7 +36,7 @@ import yaml
 
 from .cards import EVALUATION_FILE, RECIPE_FILE
 from .config import CalibrationConfig, PruningConfig
-from .measurements import METRICS, MeasureSettings
+from .measurements import MeasureSettings, is_metric
 
 __all__ = ["Recipe", "RecipeError", "RecipeResult", "Expectation", "Check"]
 
@@ -73,12 +73,14 @@ class EvaluationSection:
     efficiency: bool = False
     energy: bool = False
     country_iso_code: str = "USA"
+    tasks: list[str] = field(default_factory=list, metadata={"help": "Accuracy tasks; metrics <name>_acc."})
+    task_limit: int | None = None
 
     def settings(self) -> MeasureSettings:
         return MeasureSettings(text=self.text, seq_len=self.seq_len, max_windows=self.max_windows,
                                text_column=self.text_column, batch_size=self.batch_size,
                                efficiency=self.efficiency, energy=self.energy,
-                               country_iso_code=self.country_iso_code)
+                               country_iso_code=self.country_iso_code, tasks=self.tasks, task_limit=self.task_limit)
 
 
 @dataclass
@@ -121,6 +123,9 @@ _TOP_KEYS = ["name", "description", "model", "pruning", "calibration", "evaluati
 
 
 def _type_name(hint) -> str:
+    if typing.get_origin(hint) is list:
+        item = _type_name(typing.get_args(hint)[0])
+        return f"a list of {item.split(' ', 1)[-1]}s"
     return {str: "a string", int: "an integer", float: "a number", bool: "true or false", dict: "a mapping"}.get(
         hint, getattr(hint, "__name__", str(hint)))
 
@@ -138,6 +143,9 @@ def _check_value(value: Any, hint, where: str) -> Any:
             return value
         if option in (str, bool, dict) and isinstance(value, option):
             return value
+        if typing.get_origin(option) is list and isinstance(value, list):
+            (item,) = typing.get_args(option)
+            return [_check_value(element, item, f"{where}[{i}]") for i, element in enumerate(value)]
     wanted = " or ".join(_type_name(o) if o is not type(None) else "null" for o in options)
     raise RecipeError(f"{where}: expected {wanted}, got {value!r} ({type(value).__name__})")
 
@@ -325,7 +333,7 @@ class Recipe:
         allowed = self.metric_names()
         for metric in self.expected:
             if metric not in allowed:
-                known = metric in METRICS or metric.removeprefix("dense_") in METRICS
+                known = is_metric(metric.removeprefix("dense_"))
                 why = " (turn on the evaluation option that measures it)" if known else ""
                 raise RecipeError(f"expected.{metric}: this recipe does not measure {metric!r}{why}; "
                                   f"it measures: {', '.join(allowed)}")
@@ -392,7 +400,7 @@ class Recipe:
         metrics = {**pruned, **pruning["metrics"]}
         if dense is not None:
             metrics.update(relative_metrics(pruned, dense))
-            metrics.update({f"dense_{key}": value for key, value in dense.items() if key in METRICS})
+            metrics.update({f"dense_{key}": value for key, value in dense.items() if is_metric(key)})
         evaluation = {"settings": settings.to_dict(), "dense": dense, "pruned": pruned,
                       "pruning_energy": pruning["energy"]}
         ran = dataclasses.replace(self, output=str(target))

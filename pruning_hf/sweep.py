@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from .cards import EVALUATION_FILE, SWEEP_PLOTS
 from .config import CalibrationConfig, PruningConfig
 from .masks import parse_pattern
-from .measurements import METRICS, MeasureSettings
+from .measurements import METRICS, TASK_SUFFIX, MeasureSettings, is_metric
 
 __all__ = ["sweep", "SweepResult", "SweepError", "Budget", "OBJECTIVES", "pareto_front", "parse_levels"]
 
@@ -121,8 +121,9 @@ class Budget:
                 raise SweepError(f"budget metric {metric!r} is not measured by this sweep; measured: "
                                  f"{', '.join(measured)}")
             value = float(number) / 100 if suffix == "%" else float(number)
-            if suffix == "%" and metric not in _FRACTIONS:
-                raise SweepError(f"budget term {part.strip()!r}: % applies to fractions ({', '.join(sorted(_FRACTIONS))})")
+            if suffix == "%" and metric not in _FRACTIONS and not metric.endswith(TASK_SUFFIX):
+                raise SweepError(f"budget term {part.strip()!r}: % applies to fractions "
+                                 f"({', '.join(sorted(_FRACTIONS))}, task accuracies *{TASK_SUFFIX})")
             constraints.append(Constraint(metric, op, value, suffix == "x", part.strip()))
         return cls(constraints)
 
@@ -159,7 +160,7 @@ def _atomic_write(path: Path, data: str | bytes) -> None:
 def _fmt(metric: str, value: Any) -> str:
     if value is None:
         return "-"
-    if metric in ("ppl_increase", "sparsity", "size_ratio"):
+    if metric in _FRACTIONS or metric.endswith(TASK_SUFFIX):
         return f"{value:+.1%}" if metric == "ppl_increase" else f"{value:.1%}"
     return f"{value:.4g}"
 
@@ -186,7 +187,8 @@ class SweepResult:
                 "sparsity": 0.0, "ppl_increase": 0.0, "size_ratio": 1.0}
 
     def columns(self) -> list[str]:
-        return [c for c in TABLE_COLUMNS if any(c in row for row in self.rows)]
+        tasks = sorted({key for row in self.rows for key in row if key.endswith(TASK_SUFFIX)})
+        return [c for c in TABLE_COLUMNS if any(c in row for row in self.rows)] + tasks
 
     def table(self) -> str:
         """Markdown table: dense first, then every point; budget and Pareto (size) membership marked."""
@@ -287,7 +289,8 @@ def _write_tables(result: SweepResult, state: dict) -> None:
     state["recommendation"] = result.recommendation
     state["budget"], state["objective"] = str(result.budget), result.objective
     _atomic_write(result.output / RESULTS_FILE, json.dumps(state, indent=2))
-    columns = ["label", "method", "pattern"] + [m for m in METRICS if any(m in r for r in result.rows)] \
+    tasks = sorted({key for row in result.rows for key in row if key.endswith(TASK_SUFFIX)})
+    columns = ["label", "method", "pattern"] + [m for m in METRICS if any(m in r for r in result.rows)] + tasks \
         + ["within_budget"]
     table = io.StringIO()
     writer = csv.DictWriter(table, fieldnames=columns, extrasaction="ignore")
@@ -381,7 +384,7 @@ def sweep(model: str, methods: Sequence[str] | str = ("magnitude", "wanda", "spa
         dense_model = load_model(name, **hf_kwargs)
         if state["dense"] is None:
             state["dense"] = {k: v for k, v in measure_model(dense_model, tokenizer, tokens, settings).items()
-                              if k in METRICS}
+                              if is_metric(k)}
         if needs_windows:
             windows = calibration_windows(calibration, tokenizer,
                                           getattr(dense_model.config, "max_position_embeddings", None))
@@ -400,7 +403,7 @@ def sweep(model: str, methods: Sequence[str] | str = ("magnitude", "wanda", "spa
         del point_model
         state["points"][key] = {"key": key, "label": _label(config), "method": config.method,
                                 "pattern": config.pattern, "config": config.to_dict(),
-                                **{k: v for k, v in metrics.items() if k in METRICS}, **pruning["metrics"],
+                                **{k: v for k, v in metrics.items() if is_metric(k)}, **pruning["metrics"],
                                 **relative_metrics(metrics, dense)}
         result.measured += 1
         result.rows = [state["points"][k] for k in configs if k in state["points"]]

@@ -104,6 +104,8 @@ expected:
      r"expected.prefill_ms: this recipe does not measure 'prefill_ms' \(turn on"),
     ({"expected": {"accuracy_piqa": {"value": 1.0, "rel_tol": 0.5}}}, r"does not measure 'accuracy_piqa'; it measures"),
     ({"evaluation": {"energy": True, "country_iso_code": "XYZ"}}, r"unknown country code 'XYZ'"),
+    ({"evaluation": {"tasks": "piqa"}}, r"evaluation.tasks: expected a list of strings, got 'piqa'"),
+    ({"evaluation": {"tasks": ["nope"]}}, r"unknown task 'nope'"),
     ({"hub": {"private": "yes"}}, r"hub.private: expected true or false, got 'yes'"),
 ])
 def test_schema_errors_name_the_file_line_and_yaml_path(tmp_path, patch, message):

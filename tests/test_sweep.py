@@ -141,3 +141,26 @@ def test_levels_and_budget_parsing_and_validation(make_checkpoint, tmp_path):
     with pytest.raises(SweepError, match="no valid sweep point"):
         sweep(model, methods=["wanda"], sparsities=[1.5], output=tmp_path / "s")
     assert not (tmp_path / "s" / "sweep.json").exists()
+
+
+def test_task_accuracy_is_a_sweep_metric_and_a_budget(make_checkpoint, tmp_path, capsys):
+    """A minimum task accuracy as the budget: every point is scored on the task, the table shows it, and
+    the recommendation is a point whose accuracy meets the limit (measured: known only after the run)."""
+    task = tmp_path / "colours.jsonl"
+    task.write_text("".join(json.dumps({"context": f"Item {i}: the sky is", "choices": [" blue", " green", " red"],
+                                        "label": i % 3}) + "\n" for i in range(6)))
+    out = tmp_path / "sweep"
+    evaluation = dict(SMALL["evaluation"], tasks=[f"colours={task}"], efficiency=False, energy=False)
+    result = sweep(str(make_checkpoint("llama")), ["magnitude"], [0.2, 0.9], ["unstructured"], budget="",
+                   calibration=SMALL["calibration"], evaluation=evaluation, output=out, progress=False)
+    accuracies = [row["colours_acc"] for row in result.rows]
+    assert all(0.0 <= acc <= 1.0 for acc in accuracies) and 0.0 <= result.dense["colours_acc"] <= 1.0
+    assert "colours_acc" in result.table() and "colours_acc" in (out / "sweep.csv").read_text().splitlines()[0]
+    limit = min(accuracies)
+    again = sweep(str(make_checkpoint("llama")), ["magnitude"], [0.2, 0.9], ["unstructured"],
+                  budget=f"colours_acc>={limit * 100:g}%", calibration=SMALL["calibration"], evaluation=evaluation,
+                  output=out, progress=False)
+    chosen = next(r for r in again.rows if r["key"] == again.recommendation["key"])
+    assert chosen["colours_acc"] >= limit and again.measured == 0
+    with pytest.raises(SweepError, match="budget metric 'piqa_acc' is not measured"):
+        Budget.parse("piqa_acc>=0.5", ["perplexity", "colours_acc"])

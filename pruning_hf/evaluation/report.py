@@ -63,7 +63,7 @@ from . import load_metric
 from .energy import DEFAULT_COUNTRY_ISO, EnergyTracker, PhaseEnergy, check_country_iso
 from .generation import DEFAULT_PROMPTS, greedy_generate, greedy_samples, synthetic_prompts
 from .loglikelihood import context_length
-from .tasks import LAST_WORD, Task, load_tasks, parse_task_list
+from .tasks import LAST_WORD, Task, load_tasks, parse_task_list, run_task
 
 __all__ = ["EvaluationConfig", "EvaluationData", "EvaluationReport", "prepare_evaluation", "evaluate_model",
            "compare_models", "prune_and_compare", "check_seq_len", "model_config", "FULL_EVALUATION", "REPORT_FILE", "SCHEMA"]
@@ -209,16 +209,6 @@ def _model_info(model) -> dict[str, Any]:
             "device": str(execution_device(model.get_input_embeddings()))}
 
 
-def _run_task(model, tokenizer, task: Task, config: EvaluationConfig) -> dict:
-    common = {"model": model, "tokenizer": tokenizer, "batch_size": config.batch_size, "progress": config.progress}
-    if task.kind == LAST_WORD:
-        return load_metric("last_word").compute(contexts=[e["context"] for e in task.examples],
-                                                targets=[e["target"] for e in task.examples], **common)
-    return load_metric("multiple_choice").compute(contexts=[e["contexts"] for e in task.examples],
-                                                  choices=[e["choices"] for e in task.examples],
-                                                  labels=[e["label"] for e in task.examples], **common)
-
-
 def _evaluate_entry(model, tokenizer, data: EvaluationData, name: str, energy: EnergyTracker | None) -> dict:
     """Quality of one in-memory model on prepared data -> one ``models[]`` entry (costs: :func:`_measure_costs`)."""
     config = data.config
@@ -234,7 +224,7 @@ def _evaluate_entry(model, tokenizer, data: EvaluationData, name: str, energy: E
     if record is not None:
         entry["energy"] = {"perplexity": record.to_dict()}
     for task in data.tasks:
-        entry["tasks"][task.name] = _run_task(model, tokenizer, task, config)
+        entry["tasks"][task.name] = run_task(model, tokenizer, task, config.batch_size, config.progress)
     if config.samples:
         entry["samples"] = greedy_samples(model, tokenizer, DEFAULT_PROMPTS, config.sample_tokens)
     return entry

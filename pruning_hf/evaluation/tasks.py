@@ -26,7 +26,8 @@ from typing import Any, Callable
 
 from .loglikelihood import split_last_word
 
-__all__ = ["TaskError", "Task", "TASKS", "load_task", "load_tasks", "parse_task_list", "MULTIPLE_CHOICE", "LAST_WORD"]
+__all__ = ["TaskError", "Task", "TASKS", "load_task", "load_tasks", "parse_task_list", "task_names", "run_task",
+           "MULTIPLE_CHOICE", "LAST_WORD"]
 
 MULTIPLE_CHOICE = "multiple_choice"
 LAST_WORD = "last_word"
@@ -245,3 +246,22 @@ def load_task(spec: str, limit: int | None = None) -> Task:
 
 def load_tasks(specs: str | list[str] | None, limit: int | None = None) -> list[Task]:
     return [load_task(spec, limit) for spec in parse_task_list(specs)]
+
+
+def task_names(specs: str | list[str] | None) -> list[str]:
+    """The names tasks are reported under (``"piqa"``, ``"mine"`` for ``mine=FILE.jsonl``)."""
+    return [_split_spec(spec)[0] for spec in parse_task_list(specs)]
+
+
+def run_task(model, tokenizer, task: Task, batch_size: int = 8, progress: bool = False) -> dict:
+    """Score ``task`` with the shipped ``evaluate`` metric of its kind: ``{"acc", ...}``."""
+    from . import load_metric
+
+    common = {"model": model, "tokenizer": tokenizer, "batch_size": batch_size, "progress": progress}
+    if task.kind == LAST_WORD:
+        return load_metric("last_word").compute(contexts=[e["context"] for e in task.examples],
+                                                targets=[e["target"] for e in task.examples], **common)
+    return load_metric("multiple_choice").compute(contexts=[e["contexts"] for e in task.examples],
+                                                  choices=[e["choices"] for e in task.examples],
+                                                  labels=[e["label"] for e in task.examples], **common)
+
