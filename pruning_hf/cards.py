@@ -27,6 +27,9 @@ EVALUATION_FILE = "evaluation.json"  # a recipe's or sweep's measurements
 EVALUATION_REPORT_FILE = "evaluation_report.json"  # pruning_hf.evaluation's dense-vs-pruned report
 RECIPE_FILE = "recipe.yaml"
 SWEEP_PLOTS = ("sweep_perplexity.png", "sweep_pareto.png")
+SWEEP_FILE = "sweep.json"
+#: files that travel with a checkpoint: reloading and re-saving it unchanged keeps them
+ATTACHMENTS = (RECIPE_FILE, EVALUATION_FILE, SWEEP_FILE, *SWEEP_PLOTS)
 TEMPLATES = Path(__file__).parent / "model_cards"  # a link to the repository's top-level model_cards/
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 

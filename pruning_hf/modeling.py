@@ -193,6 +193,13 @@ def _read_report(name: str):
     return PruningReport.from_dict(json.loads(path.read_text())) if path.is_file() else None
 
 
+def _read_attachments(name: str) -> dict[str, bytes]:
+    """The recipe, measurements and sweep files of a saved checkpoint, to carry into the next save."""
+    from .cards import ATTACHMENTS
+
+    return {file: (Path(name) / file).read_bytes() for file in ATTACHMENTS if (Path(name) / file).is_file()}
+
+
 def _read_evaluation(name: str):
     from .evaluation.report import REPORT_FILE as EVALUATION_FILE, EvaluationReport
 
@@ -225,6 +232,7 @@ def prune(model, config: PruningConfig | dict | str, tokenizer=None, progress: b
     if not getattr(model.config, "pruned_from", None):  # a card's base_model; kept when pruned again
         model.config.pruned_from = public_model_name(model.name_or_path)
     _attach(model, config, report, tokenizer if tokenizer is not None else getattr(model, "tokenizer", None))
+    model.attachments = {}  # an earlier recipe's or sweep's files describe the earlier pruning
     return report
 
 
@@ -282,6 +290,7 @@ class AutoPrunedModel:
         model = load_model(name, **hf_kwargs)
         if config is None:
             _attach(model, stored_pruning_config(model), _read_report(name), tokenizer, _read_evaluation(name))
+            model.attachments = _read_attachments(name)
             if data is not None:
                 from .evaluation.report import evaluate_model
 

@@ -23,14 +23,14 @@ from typing import Any, Iterable, Sequence
 
 from tqdm.auto import tqdm
 
-from .cards import EVALUATION_FILE, SWEEP_PLOTS
+from .cards import EVALUATION_FILE, SWEEP_FILE, SWEEP_PLOTS
 from .config import CalibrationConfig, PruningConfig
 from .masks import parse_pattern
 from .measurements import METRICS, TASK_SUFFIX, MeasureSettings, is_metric
 
 __all__ = ["sweep", "SweepResult", "SweepError", "Budget", "OBJECTIVES", "pareto_front", "parse_levels"]
 
-RESULTS_FILE = "sweep.json"
+RESULTS_FILE = SWEEP_FILE
 #: objective -> (metric to minimise, what it needs measured)
 OBJECTIVES = {"smallest": "params_nonzero", "fastest": "prefill_ms", "lowest-energy": "energy_wh_per_1k_tokens"}
 PARETO_AXES = (("size_ratio", "non-zero parameters / dense"), ("prefill_ms", "prefill latency (ms)"),

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pruning_hf import Recipe
+from pruning_hf import AutoPrunedModel, Recipe, prune
 from pruning_hf.cli import main
 from pruning_hf.recipes import RecipeError
 
@@ -166,3 +166,19 @@ def test_offline_recipes_reproduce_their_expected_values_in_quick_form(path, tmp
     code = main(["run", str(path), "--quick", "--check", "--no-progress", "--output", str(tmp_path / path.stem)])
     out = capsys.readouterr().out
     assert code == 0, out
+
+
+def test_reloaded_checkpoint_saved_again_keeps_its_recipe_and_measurements(make_checkpoint, tmp_path):
+    recipe = Recipe.from_dict({
+        "name": "tiny-wanda", "model": {"id": str(make_checkpoint("llama")), "dtype": "float32"},
+        "pruning": {"method": "wanda", "sparsity": 0.5}, "calibration": {"num_samples": 2, "seq_len": 32},
+        "evaluation": {"seq_len": 32, "max_windows": 2}, "output": str(tmp_path / "first")})
+    first = recipe.run(progress=False).output
+    reloaded = AutoPrunedModel.from_pretrained(first)
+    reloaded.save_pretrained(tmp_path / "copy")
+    for name in ("recipe.yaml", "evaluation.json"):
+        assert (tmp_path / "copy" / name).read_bytes() == (first / name).read_bytes()
+    assert "pruning-hf run recipe.yaml" in (tmp_path / "copy" / "README.md").read_text()
+    prune(reloaded, {"method": "magnitude", "sparsity": 0.7}, progress=False)  # a new pruning: old files no longer apply
+    reloaded.save_pretrained(tmp_path / "repruned")
+    assert not (tmp_path / "repruned" / "recipe.yaml").exists() and not (tmp_path / "repruned" / "evaluation.json").exists()
