@@ -45,7 +45,7 @@ from .refinement import refine_layer
 from .resources import PeakMemory
 from .statistics import collect_input_statistics
 
-__all__ = ["prune_model", "select_targets", "PruningReport", "NonFiniteError", "CapturedInputs",
+__all__ = ["prune_model", "select_targets", "check_targets", "PruningReport", "NonFiniteError", "CapturedInputs",
            "check_activation_storage", "capture_layer_inputs", "run_layer"]
 
 
@@ -149,6 +149,15 @@ def select_targets(model: nn.Module, config) -> tuple[list[dict[str, nn.Module]]
         raise ValueError("targets/ignore leave no Linear layer to prune")
     per_layer = [{n: m for n, m in layer.items() if n in selected} for layer in per_layer]
     head = {head_name: head_module} if head_name in selected else {}
+    return per_layer, head
+
+
+def check_targets(model: nn.Module, config) -> tuple[list[dict[str, nn.Module]], dict[str, nn.Module]]:
+    """:func:`select_targets`, and check every target's shape fits ``config.pattern`` (cheap; run it
+    before calibration so an unsupported model or a typo fails in seconds)."""
+    per_layer, head = select_targets(model, config)
+    for name, module in {n: m for layer in [*per_layer, head] for n, m in layer.items()}.items():
+        config.pattern_spec.check_shape(name, tuple(weight_matrix(module).shape))
     return per_layer, head
 
 
@@ -381,14 +390,12 @@ def prune_model(model: nn.Module, config, windows: torch.Tensor | None = None, p
     model.eval()
     spec = get_architecture(model)
     layers = decoder_layers(model, spec)
-    per_layer, head = select_targets(model, config)
+    per_layer, head = check_targets(model, config)
     method = config.method_class(config)
     method.setup(model)
     report = PruningReport(config=config.to_dict(), model_type=getattr(model.config, "model_type", "?"),
                            parameters_before=sum(p.numel() for p in model.parameters()))
     all_targets = {name: module for layer in per_layer for name, module in layer.items()} | head
-    for name, module in all_targets.items():
-        config.pattern_spec.check_shape(name, tuple(weight_matrix(module).shape))
     needs_data = config.needs_calibration
     if needs_data and windows is None:
         raise ValueError(f"{config.describe()!r} needs calibration windows; pass windows=")

@@ -101,6 +101,18 @@ def load_model(name_or_path: str | os.PathLike, **hf_kwargs: Any):
         raise
 
 
+def windows_before_loading(config: PruningConfig | None, tokenizer, name: str, hf_kwargs: dict[str, Any]):
+    """Calibration windows for ``config`` built before the model's weights load (``None`` when the
+    method needs none), so unreadable or too little text fails in seconds, not after a big load."""
+    if config is None or not config.needs_calibration:
+        return None
+    from .calibration import calibration_windows
+    from .evaluation.report import model_config
+
+    max_len = getattr(model_config(name, hf_kwargs), "max_position_embeddings", None)
+    return calibration_windows(config.calibration, tokenizer, max_len)
+
+
 def load_tokenizer(name_or_path: str | os.PathLike, **hf_kwargs: Any):
     from transformers import AutoTokenizer
 
@@ -217,9 +229,10 @@ def prune(model, config: PruningConfig | dict | str, tokenizer=None, progress: b
     "disk" for models whose activations do not fit in RAM either).
     """
     from .calibration import calibration_windows
-    from .engine import prune_model
+    from .engine import check_targets, prune_model
 
     config = _coerce_config(config)
+    check_targets(model, config)  # an unsupported model or a typo in targets fails before calibration
     if windows is None and config.needs_calibration:
         if tokenizer is None:
             raise ValueError(f"method {config.method!r} needs calibration data: pass tokenizer= (or windows=)")
@@ -281,6 +294,7 @@ class AutoPrunedModel:
             load_texts(config.calibration.source, config.calibration.text_column)  # fail before the big load
         name = resolve_name(pretrained_model_name_or_path)
         tokenizer = tokenizer if tokenizer is not None else load_tokenizer(name, **hf_kwargs)
+        windows = windows_before_loading(config, tokenizer, name, hf_kwargs)
         data = None
         if evaluate is not False and evaluate is not None:
             from .evaluation.report import EvaluationConfig, model_config, prepare_evaluation
@@ -300,7 +314,7 @@ class AutoPrunedModel:
             from .evaluation.report import prune_and_compare
 
             prune_and_compare(model, tokenizer, config, data, progress=progress,
-                              prune_options={"activation_storage": activation_storage})
+                              prune_options={"activation_storage": activation_storage, "windows": windows})
         else:
-            prune(model, config, tokenizer, progress=progress, activation_storage=activation_storage)
+            prune(model, config, tokenizer, progress=progress, windows=windows, activation_storage=activation_storage)
         return model

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-__all__ = ["atomic_directory", "OutputPathError", "folder_bytes"]
+__all__ = ["atomic_directory", "OutputPathError", "CheckpointWriteError", "check_output_dir", "folder_bytes"]
 
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
@@ -24,6 +24,10 @@ _AT_FDCWD = -100
 
 class OutputPathError(ValueError):
     """The output path cannot hold a checkpoint (it is a file, a foreign folder, or not writable)."""
+
+
+class CheckpointWriteError(OSError):
+    """Writing a checkpoint failed midway (disk full, I/O error); the target path was left as it was."""
 
 
 def folder_bytes(path: str | os.PathLike) -> int:
@@ -90,10 +94,16 @@ def check_output_dir(target: Path) -> None:
             f"output folder {str(target)!r} is not empty and holds no checkpoint (no config.json); "
             "choose a new or empty folder, so nothing of yours is replaced")
     parent = target.parent
-    while not parent.exists():
+    while not parent.exists() and not parent.is_symlink():
         parent = parent.parent
-    if not os.access(parent, os.W_OK):
-        raise OutputPathError(f"cannot write in {str(parent)!r} (permission denied); choose another output folder")
+    if not parent.is_dir():
+        raise OutputPathError(f"output path {str(target)!r} lies inside {str(parent)!r}, which is a file, "
+                              "not a folder; choose another output folder")
+    try:  # os.access says yes to root everywhere, and knows nothing of read-only file systems
+        os.rmdir(tempfile.mkdtemp(prefix=".pruning_hf-probe-", dir=parent))
+    except OSError as err:
+        raise OutputPathError(f"cannot write in {str(parent)!r} ({err.strerror or err}); "
+                              "choose another output folder") from None
 
 
 @contextmanager
@@ -107,9 +117,17 @@ def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
     target.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale(target.parent, target.name)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
+    existed = target.exists()
     try:
-        yield tmp
-        _finish_tree(tmp)
+        try:
+            yield tmp
+            _finish_tree(tmp)
+        except OSError as err:  # disk full, I/O error: nothing was swapped in yet
+            kept = "the previous checkpoint there is unchanged" if existed else "nothing was written there"
+            failure = CheckpointWriteError(f"could not write the checkpoint to {str(target)!r} "
+                                           f"({err.strerror or err}); {kept}")
+            failure.errno = err.errno
+            raise failure from err
         if not target.exists():
             os.rename(tmp, target)
         elif _exchange(tmp, target):

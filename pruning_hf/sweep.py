@@ -333,6 +333,7 @@ def sweep(model: str, methods: Sequence[str] | str = ("magnitude", "wanda", "spa
         save_best: also save the recommended point as a checkpoint here (card with the sweep plots).
     """
     from .calibration import calibration_windows, load_texts
+    from .evaluation.report import model_config
     from .measurements import evaluation_tokens, measure_model, prune_measured, relative_metrics
     from .modeling import load_model, load_tokenizer, resolve_name
 
@@ -380,14 +381,13 @@ def sweep(model: str, methods: Sequence[str] | str = ("magnitude", "wanda", "spa
     tokenizer = load_tokenizer(name, **hf_kwargs)
     tokens = evaluation_tokens(settings, tokenizer)
     windows = None
-    if state["dense"] is None or needs_windows:
+    if needs_windows:  # before any model loads: too little text fails in seconds
+        windows = calibration_windows(calibration, tokenizer,
+                                      getattr(model_config(name, hf_kwargs), "max_position_embeddings", None))
+    if state["dense"] is None:
         dense_model = load_model(name, **hf_kwargs)
-        if state["dense"] is None:
-            state["dense"] = {k: v for k, v in measure_model(dense_model, tokenizer, tokens, settings).items()
-                              if is_metric(k)}
-        if needs_windows:
-            windows = calibration_windows(calibration, tokenizer,
-                                          getattr(dense_model.config, "max_position_embeddings", None))
+        state["dense"] = {k: v for k, v in measure_model(dense_model, tokenizer, tokens, settings).items()
+                          if is_metric(k)}
         del dense_model
     dense = state["dense"]
     result = SweepResult(dense, [], parsed_budget, objective, None, output, skipped)
