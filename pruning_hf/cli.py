@@ -136,6 +136,9 @@ def _add_prune(sub) -> None:
                              "loading it needs `import pruning_hf`")
     parser.add_argument("--activation-storage", default="cpu",
                         help="where calibration activations wait between layers: cpu, a device, or disk")
+    parser.add_argument("--resume", default=None, metavar="DIR",
+                        help="checkpoint every finished decoder layer in DIR; rerun the same command to continue "
+                             "an interrupted run (magnitude, wanda, sparsegpt; DIR is emptied at the end)")
     parser.set_defaults(func=_run_prune)
 
 
@@ -175,11 +178,14 @@ def _run_prune(args) -> int:
     from .evaluation.report import EvaluationConfig, model_config, prepare_evaluation, prune_and_compare
     from .engine import check_activation_storage
     from .modeling import load_model, load_tokenizer, prune, resolve_name, windows_before_loading
+    from .resume import check_resumable
     from .storage import check_output_dir
 
     config = _config_from_args(args)
     check_output_dir(Path(args.output).absolute())
     check_activation_storage(args.activation_storage)
+    if args.resume:
+        check_resumable(config, args.resume)
     evaluate = any((args.eval_text, args.eval_tasks, args.efficiency, args.energy))
     settings = EvaluationConfig.coerce(_measurement_settings(
         args, text=args.eval_text or "embedded@test", seq_len=args.eval_seq_len, max_windows=args.eval_windows,
@@ -192,7 +198,7 @@ def _run_prune(args) -> int:
     data = prepare_evaluation(settings, tokenizer, model_config(name, _hf_kwargs(args))) if evaluate else None
     model = load_model(name, **_hf_kwargs(args))
     progress = not args.no_progress
-    prune_options = {"activation_storage": args.activation_storage, "windows": windows}
+    prune_options = {"activation_storage": args.activation_storage, "windows": windows, "resume_dir": args.resume}
     if data is not None:
         evaluation = prune_and_compare(model, tokenizer, config, data, progress=progress, prune_options=prune_options)
         report = model.pruning_report

@@ -43,6 +43,7 @@ from .methods.base import PruningMethod, weight_matrix
 from .methods.wanda import wanda_scores
 from .refinement import refine_layer
 from .resources import PeakMemory
+from .resume import LayerCheckpoints, check_resumable
 from .statistics import collect_input_statistics
 
 __all__ = ["prune_model", "select_targets", "check_targets", "PruningReport", "NonFiniteError", "CapturedInputs",
@@ -371,7 +372,8 @@ def _peak_memory(report: PruningReport) -> None:
 
 @torch.no_grad()
 def prune_model(model: nn.Module, config, windows: torch.Tensor | None = None, progress: bool = True,
-                activation_storage: torch.device | str = "cpu") -> PruningReport:
+                activation_storage: torch.device | str = "cpu",
+                resume_dir: str | os.PathLike | None = None) -> PruningReport:
     """Prune ``model`` in place according to ``config``.
 
     Args:
@@ -382,11 +384,16 @@ def prune_model(model: nn.Module, config, windows: torch.Tensor | None = None, p
         progress: show a progress bar over layers.
         activation_storage: where calibration activations wait between layers: a device (default
             CPU), or ``"disk"`` (temporary files, one batch in memory at a time).
+        resume_dir: a folder for a checkpoint after every decoder layer (:mod:`pruning_hf.resume`);
+            rerunning with the same folder continues after the last finished layer, with a result
+            bit-identical to an uninterrupted run. The folder's files are deleted when the run ends.
     Returns:
         A :class:`PruningReport`.
     """
     started = time.perf_counter()
     check_activation_storage(activation_storage)  # validate before any work
+    if resume_dir is not None:
+        check_resumable(config, resume_dir)
     model.eval()
     spec = get_architecture(model)
     layers = decoder_layers(model, spec)
@@ -410,11 +417,14 @@ def prune_model(model: nn.Module, config, windows: torch.Tensor | None = None, p
         capture_start = time.perf_counter()
         captured = capture_layer_inputs(model, layers, windows, config.calibration.batch_size, activation_storage)
         report.capture_seconds = time.perf_counter() - capture_start
+    checkpoints = LayerCheckpoints(resume_dir, config, model, windows) if resume_dir is not None else None
+    start = checkpoints.restore(per_layer, captured, report) if checkpoints else 0
     if config.allocation in PREPASS_ALLOCATIONS:
-        report.allocation = _allocate(config, layers, per_layer, captured, progress)
+        report.allocation = report.allocation or _allocate(config, layers, per_layer, captured, progress)
         method.layer_sparsity = report.allocation["layer_sparsity"]
     hessian = method.statistics == "hessian" or config.refine
-    bar = tqdm(list(enumerate(layers)), desc=f"pruning ({config.describe()})", unit="layer", disable=not progress)
+    bar = tqdm(list(enumerate(layers))[start:], desc=f"pruning ({config.describe()})", unit="layer",
+               disable=not progress, initial=start, total=len(layers))
     for index, layer in bar:
         layer_start = time.perf_counter()
         record = LayerRecord(index=index, seconds=0.0)
@@ -431,6 +441,9 @@ def prune_model(model: nn.Module, config, windows: torch.Tensor | None = None, p
                 outputs = run_layer(layer, captured, index, keep_outputs=True)
                 method.observe_layer(index, captured.hidden, outputs)
                 captured.advance(outputs)
+            if checkpoints:
+                record.seconds = time.perf_counter() - layer_start
+                checkpoints.save(index, targets, captured, [*report.layers, record], report.allocation)
         record.extra_memory_bytes = peak.extra_bytes
         record.seconds = time.perf_counter() - layer_start
         report.layers.append(record)
@@ -455,4 +468,6 @@ def prune_model(model: nn.Module, config, windows: torch.Tensor | None = None, p
     report.parameters_after = sum(p.numel() for p in model.parameters())
     report.total_seconds = time.perf_counter() - started
     _peak_memory(report)
+    if checkpoints:
+        checkpoints.clear()
     return report

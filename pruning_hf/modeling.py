@@ -220,25 +220,31 @@ def _read_evaluation(name: str):
 
 
 def prune(model, config: PruningConfig | dict | str, tokenizer=None, progress: bool = True, windows=None,
-          activation_storage: str = "cpu"):
+          activation_storage: str = "cpu", resume_dir: str | os.PathLike | None = None):
     """Prune an already-loaded causal LM in place; returns the :class:`~pruning_hf.engine.PruningReport`.
 
     Calibration windows are built from ``config.calibration`` with ``tokenizer`` unless given.
     The model's config records the PruningConfig, so a saved checkpoint says how it was made.
     ``activation_storage``: where calibration activations wait between layers ("cpu", a device, or
-    "disk" for models whose activations do not fit in RAM either).
+    "disk" for models whose activations do not fit in RAM either). ``resume_dir``: a folder for a
+    checkpoint after every decoder layer; rerun with it to continue an interrupted run
+    (:mod:`pruning_hf.resume`).
     """
     from .calibration import calibration_windows
     from .engine import check_targets, prune_model
+    from .resume import check_resumable
 
     config = _coerce_config(config)
     check_targets(model, config)  # an unsupported model or a typo in targets fails before calibration
+    if resume_dir is not None:
+        check_resumable(config, resume_dir)
     if windows is None and config.needs_calibration:
         if tokenizer is None:
             raise ValueError(f"method {config.method!r} needs calibration data: pass tokenizer= (or windows=)")
         max_len = getattr(model.config, "max_position_embeddings", None)
         windows = calibration_windows(config.calibration, tokenizer, max_len)
-    report = prune_model(model, config, windows=windows, progress=progress, activation_storage=activation_storage)
+    report = prune_model(model, config, windows=windows, progress=progress, activation_storage=activation_storage,
+                         resume_dir=resume_dir)
     from . import __version__
 
     model.config.pruning_config = {**config.to_dict(), "pruning_hf_version": __version__}
