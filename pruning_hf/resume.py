@@ -1,7 +1,7 @@
 """Resumable pruning runs: a checkpoint after every completed decoder layer (opt-in, ``resume_dir=``).
 
-After layer ``k`` the engine writes into the folder, each file atomically (temporary file, fsync,
-rename) and the manifest last:
+After layer ``k`` the engine writes into the folder, each file atomically
+(:func:`~pruning_hf.storage.atomic_file`) and the manifest last:
 
 * ``layer_K.safetensors``: the pruned weights of layer ``k``'s target Linears;
 * ``hidden_K.safetensors``: the calibration hidden states after layer ``k`` (layer ``k+1``'s inputs);
@@ -20,12 +20,13 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from .storage import atomic_file
 
 __all__ = ["ResumeError", "LayerCheckpoints", "check_resumable"]
 
@@ -58,20 +59,6 @@ def _digest(*parts: Any) -> str:
     for part in parts:
         hasher.update(part if isinstance(part, bytes) else json.dumps(part, sort_keys=True, default=str).encode())
     return hasher.hexdigest()[:16]
-
-
-def _write_atomic(path: Path, write) -> None:
-    """``write(tmp_path)`` then fsync and rename over ``path``: a kill leaves the old file or the new one."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class LayerCheckpoints:
@@ -130,15 +117,17 @@ class LayerCheckpoints:
 
         self.folder.mkdir(parents=True, exist_ok=True)
         weights = {name: weight_matrix(module).detach().cpu().contiguous() for name, module in targets.items()}
-        _write_atomic(self.folder / f"layer_{index}.safetensors", lambda tmp: save_file(weights, tmp))
+        with atomic_file(self.folder / f"layer_{index}.safetensors") as tmp:
+            save_file(weights, tmp)
         if captured is not None:
             hidden = {str(b): captured.load(item, torch.device("cpu")).contiguous()
                       for b, item in enumerate(captured.hidden)}
-            _write_atomic(self.folder / f"hidden_{index}.safetensors", lambda tmp: save_file(hidden, tmp))
+            with atomic_file(self.folder / f"hidden_{index}.safetensors") as tmp:
+                save_file(hidden, tmp)
         self.manifest.update(completed=index + 1, allocation=allocation,
                              layers=[dataclasses.asdict(record) for record in records])
-        text = json.dumps(self.manifest, indent=1)
-        _write_atomic(self.folder / MANIFEST, lambda tmp: Path(tmp).write_text(text))
+        with atomic_file(self.folder / MANIFEST) as tmp:
+            tmp.write_text(json.dumps(self.manifest, indent=1))
         (self.folder / f"hidden_{index - 1}.safetensors").unlink(missing_ok=True)  # superseded
 
     def clear(self) -> None:

@@ -16,7 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-__all__ = ["atomic_directory", "OutputPathError", "CheckpointWriteError", "check_output_dir", "folder_bytes"]
+__all__ = ["atomic_directory", "atomic_file", "OutputPathError", "CheckpointWriteError", "check_output_dir",
+           "folder_bytes"]
 
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
@@ -35,10 +36,15 @@ def folder_bytes(path: str | os.PathLike) -> int:
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
 
 
-def _finish_tree(root: Path) -> None:
-    """Give files the usual umask permissions (mkdtemp makes 0700) and flush everything to disk."""
+def _umask() -> int:
     umask = os.umask(0)
     os.umask(umask)
+    return umask
+
+
+def _finish_tree(root: Path) -> None:
+    """Give files the usual umask permissions (mkdtemp makes 0700) and flush everything to disk."""
+    umask = _umask()
     for path in sorted(root.rglob("*")) + [root]:
         os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
         flags = os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() else 0)
@@ -82,7 +88,10 @@ def _remove_stale(parent: Path, name: str) -> None:
         except (ValueError, IndexError):
             continue
         if pid != os.getpid() and not _pid_alive(pid):
-            shutil.rmtree(stale, ignore_errors=True)
+            if stale.is_dir() and not stale.is_symlink():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                stale.unlink(missing_ok=True)
 
 
 def check_output_dir(target: Path) -> None:
@@ -144,4 +153,30 @@ def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
             os.close(fd)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+@contextmanager
+def atomic_file(target: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``target``; on success it is flushed and renamed over ``target``
+    (a kill at any moment leaves the old file or the new one), on failure it is removed.
+
+    Temporaries left by killed writers of the same file are deleted first.
+    """
+    target = Path(target)
+    _remove_stale(target.parent, target.name)
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
         raise

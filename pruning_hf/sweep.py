@@ -16,7 +16,6 @@ import json
 import math
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -27,6 +26,7 @@ from .cards import EVALUATION_FILE, SWEEP_FILE, SWEEP_PLOTS
 from .config import CalibrationConfig, PruningConfig
 from .masks import parse_pattern
 from .measurements import METRICS, TASK_SUFFIX, MeasureSettings, is_metric
+from .storage import atomic_file
 
 __all__ = ["sweep", "SweepResult", "SweepError", "Budget", "OBJECTIVES", "pareto_front", "parse_levels"]
 
@@ -150,11 +150,8 @@ def _label(config: PruningConfig) -> str:
 
 
 def _atomic_write(path: Path, data: str | bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data.encode("utf-8") if isinstance(data, str) else data)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
 
 
 def _fmt(metric: str, value: Any) -> str:
@@ -255,7 +252,8 @@ def _plot(result: SweepResult) -> list[Path]:
     ax.legend(fontsize=8)
     fig.tight_layout()
     paths = [result.output / SWEEP_PLOTS[0]]
-    fig.savefig(paths[0], dpi=110)
+    with atomic_file(paths[0]) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
 
     axes = [(m, label) for m, label in PARETO_AXES if any(r.get(m) is not None for r in result.rows)]
@@ -280,7 +278,8 @@ def _plot(result: SweepResult) -> list[Path]:
     fig.suptitle(f"Quality vs cost ({result.budget}; objective: {result.objective})")
     fig.tight_layout()
     paths.append(result.output / SWEEP_PLOTS[1])
-    fig.savefig(paths[1], dpi=110)
+    with atomic_file(paths[1]) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
     return paths
 
