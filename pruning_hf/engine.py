@@ -271,9 +271,17 @@ def run_layer(layer: nn.Module, captured: CapturedInputs, index: int, keep_outpu
         out = out[0] if isinstance(out, (tuple, list)) else out
         if keep_outputs:
             if not torch.isfinite(out).all():
-                raise NonFiniteError(f"decoder layer {index} produced NaN/Inf activations after pruning")
+                raise NonFiniteError(f"decoder layer {index} produced NaN/Inf activations; {_finiteness(layer)}")
             outputs.append(captured.store(out))
     return outputs
+
+
+def _finiteness(layer: nn.Module) -> str:
+    """Which parameters of ``layer`` hold NaN/Inf, for an error message."""
+    bad = [name for name, param in layer.named_parameters() if not torch.isfinite(param).all()]
+    if bad:
+        return f"non-finite parameters in it: {', '.join(bad)}"
+    return "its parameters are finite, so its inputs or the dtype's range overflowed (try float32 or bfloat16)"
 
 
 class _StopForward(Exception):
@@ -317,7 +325,9 @@ def _prune_targets(method, index: int, targets: dict[str, nn.Module], stats, rec
             record.refine_seconds = time.perf_counter() - start - record.method_seconds
         for name, weight in new_weights.items():
             if not torch.isfinite(weight).all():
-                raise NonFiniteError(f"pruning produced NaN/Inf weights in {name}")
+                dense = "already held NaN/Inf before pruning" if not torch.isfinite(weight_matrix(targets[name])).all() \
+                    else "was finite before pruning"
+                raise NonFiniteError(f"layer {index}, {name}: pruning produced NaN/Inf weights (the weight {dense})")
             write_weight(targets[name], weight)
             zeros = int((weight == 0).sum())
             record.linears[name] = {"sparsity": zeros / weight.numel(), "numel": weight.numel(),
