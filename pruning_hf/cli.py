@@ -23,6 +23,13 @@ class CLIError(ValueError):
     """A command-line argument is invalid."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors (no usage dump) and exit code 2; subcommands inherit it."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def _method_option_fields() -> dict[str, dataclasses.Field]:
     """Every option of every registered method, by name (one flag serves all methods that share it)."""
     from .methods import METHODS
@@ -129,6 +136,9 @@ def _add_prune(sub) -> None:
                              "loading it needs `import pruning_hf`")
     parser.add_argument("--activation-storage", default="cpu",
                         help="where calibration activations wait between layers: cpu, a device, or disk")
+    parser.add_argument("--resume", default=None, metavar="DIR",
+                        help="checkpoint every finished decoder layer in DIR; rerun the same command to continue "
+                             "an interrupted run (magnitude, wanda, sparsegpt; DIR is emptied at the end)")
     parser.set_defaults(func=_run_prune)
 
 
@@ -167,12 +177,15 @@ def _run_prune(args) -> int:
     from .calibration import load_texts
     from .evaluation.report import EvaluationConfig, model_config, prepare_evaluation, prune_and_compare
     from .engine import check_activation_storage
-    from .modeling import load_model, load_tokenizer, prune, resolve_name
+    from .modeling import load_model, load_tokenizer, prune, resolve_name, windows_before_loading
+    from .resume import check_resumable
     from .storage import check_output_dir
 
     config = _config_from_args(args)
     check_output_dir(Path(args.output).absolute())
     check_activation_storage(args.activation_storage)
+    if args.resume:
+        check_resumable(config, args.resume)
     evaluate = any((args.eval_text, args.eval_tasks, args.efficiency, args.energy))
     settings = EvaluationConfig.coerce(_measurement_settings(
         args, text=args.eval_text or "embedded@test", seq_len=args.eval_seq_len, max_windows=args.eval_windows,
@@ -181,16 +194,16 @@ def _run_prune(args) -> int:
         load_texts(config.calibration.source, config.calibration.text_column)
     name = resolve_name(args.model)
     tokenizer = load_tokenizer(name, **_hf_kwargs(args))
+    windows = windows_before_loading(config, tokenizer, name, _hf_kwargs(args))
     data = prepare_evaluation(settings, tokenizer, model_config(name, _hf_kwargs(args))) if evaluate else None
     model = load_model(name, **_hf_kwargs(args))
     progress = not args.no_progress
+    prune_options = {"activation_storage": args.activation_storage, "windows": windows, "resume_dir": args.resume}
     if data is not None:
-        evaluation = prune_and_compare(model, tokenizer, config, data, progress=progress,
-                                       prune_options={"activation_storage": args.activation_storage})
+        evaluation = prune_and_compare(model, tokenizer, config, data, progress=progress, prune_options=prune_options)
         report = model.pruning_report
     else:
-        evaluation, report = None, prune(model, config, tokenizer, progress=progress,
-                                          activation_storage=args.activation_storage)
+        evaluation, report = None, prune(model, config, tokenizer, progress=progress, **prune_options)
     model.save_pretrained(args.output, compress=args.compress)
     shrunk = f" ({report.parameters_removed:.1%} of all parameters physically removed)" if report.parameters_removed else ""
     print(f"pruned {args.model} with {config.describe()}: {report.sparsity:.2%} of {report.targeted_weights:,} "
@@ -514,7 +527,7 @@ def _run_sweep(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pruning-hf", description=__doc__.splitlines()[0].strip("`"))
+    parser = _Parser(prog="pruning-hf", description=__doc__.splitlines()[0].strip("`"))
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_prune, _add_iterative, _add_eval, _add_methods, _add_sweep, _add_run, _add_card, _add_push):
         add(sub)
@@ -533,13 +546,19 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 def _failures() -> tuple[type[BaseException], ...]:
     from .hub import HubPushError
+    from .storage import CheckpointWriteError
 
-    return (HubPushError,)
+    return (HubPushError, CheckpointWriteError)
 
 
 def main(argv: typing.Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    if getattr(args, "no_progress", False):  # also transformers' "Loading weights" / "Writing shards" bars
+        hf_logging.disable_progress_bar()
     try:
         return args.func(args)
     except _user_errors() as err:
@@ -551,6 +570,9 @@ def main(argv: typing.Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"pruning-hf {args.command}: interrupted; no partial output was written", file=sys.stderr)
         return 130
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 if __name__ == "__main__":

@@ -295,7 +295,11 @@ class PruningConfig:
             if not candidate.is_file():
                 raise FileNotFoundError(f"pruning config file {text!r} does not exist")
             text = candidate.read_text(encoding="utf-8")
-        return cls.from_dict(yaml.safe_load(text))
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as err:  # includes tags such as !!python/object, which the safe loader refuses
+            raise ValueError(f"pruning config is not valid (safe) YAML: {' '.join(str(err).split())}") from None
+        return cls.from_dict(data)
 
     def describe(self) -> str:
         """One line for logs and reports, e.g. ``wanda 50% unstructured (row) +owl +refine`` (the method

@@ -43,9 +43,10 @@ from .methods.base import PruningMethod, weight_matrix
 from .methods.wanda import wanda_scores
 from .refinement import refine_layer
 from .resources import PeakMemory
+from .resume import LayerCheckpoints, check_resumable
 from .statistics import collect_input_statistics
 
-__all__ = ["prune_model", "select_targets", "PruningReport", "NonFiniteError", "CapturedInputs",
+__all__ = ["prune_model", "select_targets", "check_targets", "PruningReport", "NonFiniteError", "CapturedInputs",
            "check_activation_storage", "capture_layer_inputs", "run_layer"]
 
 
@@ -149,6 +150,15 @@ def select_targets(model: nn.Module, config) -> tuple[list[dict[str, nn.Module]]
         raise ValueError("targets/ignore leave no Linear layer to prune")
     per_layer = [{n: m for n, m in layer.items() if n in selected} for layer in per_layer]
     head = {head_name: head_module} if head_name in selected else {}
+    return per_layer, head
+
+
+def check_targets(model: nn.Module, config) -> tuple[list[dict[str, nn.Module]], dict[str, nn.Module]]:
+    """:func:`select_targets`, and check every target's shape fits ``config.pattern`` (cheap; run it
+    before calibration so an unsupported model or a typo fails in seconds)."""
+    per_layer, head = select_targets(model, config)
+    for name, module in {n: m for layer in [*per_layer, head] for n, m in layer.items()}.items():
+        config.pattern_spec.check_shape(name, tuple(weight_matrix(module).shape))
     return per_layer, head
 
 
@@ -261,9 +271,17 @@ def run_layer(layer: nn.Module, captured: CapturedInputs, index: int, keep_outpu
         out = out[0] if isinstance(out, (tuple, list)) else out
         if keep_outputs:
             if not torch.isfinite(out).all():
-                raise NonFiniteError(f"decoder layer {index} produced NaN/Inf activations after pruning")
+                raise NonFiniteError(f"decoder layer {index} produced NaN/Inf activations; {_finiteness(layer)}")
             outputs.append(captured.store(out))
     return outputs
+
+
+def _finiteness(layer: nn.Module) -> str:
+    """Which parameters of ``layer`` hold NaN/Inf, for an error message."""
+    bad = [name for name, param in layer.named_parameters() if not torch.isfinite(param).all()]
+    if bad:
+        return f"non-finite parameters in it: {', '.join(bad)}"
+    return "its parameters are finite, so its inputs or the dtype's range overflowed (try float32 or bfloat16)"
 
 
 class _StopForward(Exception):
@@ -307,7 +325,9 @@ def _prune_targets(method, index: int, targets: dict[str, nn.Module], stats, rec
             record.refine_seconds = time.perf_counter() - start - record.method_seconds
         for name, weight in new_weights.items():
             if not torch.isfinite(weight).all():
-                raise NonFiniteError(f"pruning produced NaN/Inf weights in {name}")
+                dense = "already held NaN/Inf before pruning" if not torch.isfinite(weight_matrix(targets[name])).all() \
+                    else "was finite before pruning"
+                raise NonFiniteError(f"layer {index}, {name}: pruning produced NaN/Inf weights (the weight {dense})")
             write_weight(targets[name], weight)
             zeros = int((weight == 0).sum())
             record.linears[name] = {"sparsity": zeros / weight.numel(), "numel": weight.numel(),
@@ -362,7 +382,8 @@ def _peak_memory(report: PruningReport) -> None:
 
 @torch.no_grad()
 def prune_model(model: nn.Module, config, windows: torch.Tensor | None = None, progress: bool = True,
-                activation_storage: torch.device | str = "cpu") -> PruningReport:
+                activation_storage: torch.device | str = "cpu",
+                resume_dir: str | os.PathLike | None = None) -> PruningReport:
     """Prune ``model`` in place according to ``config``.
 
     Args:
@@ -373,22 +394,25 @@ def prune_model(model: nn.Module, config, windows: torch.Tensor | None = None, p
         progress: show a progress bar over layers.
         activation_storage: where calibration activations wait between layers: a device (default
             CPU), or ``"disk"`` (temporary files, one batch in memory at a time).
+        resume_dir: a folder for a checkpoint after every decoder layer (:mod:`pruning_hf.resume`);
+            rerunning with the same folder continues after the last finished layer, with a result
+            bit-identical to an uninterrupted run. The folder's files are deleted when the run ends.
     Returns:
         A :class:`PruningReport`.
     """
     started = time.perf_counter()
     check_activation_storage(activation_storage)  # validate before any work
+    if resume_dir is not None:
+        check_resumable(config, resume_dir)
     model.eval()
     spec = get_architecture(model)
     layers = decoder_layers(model, spec)
-    per_layer, head = select_targets(model, config)
+    per_layer, head = check_targets(model, config)
     method = config.method_class(config)
     method.setup(model)
     report = PruningReport(config=config.to_dict(), model_type=getattr(model.config, "model_type", "?"),
                            parameters_before=sum(p.numel() for p in model.parameters()))
     all_targets = {name: module for layer in per_layer for name, module in layer.items()} | head
-    for name, module in all_targets.items():
-        config.pattern_spec.check_shape(name, tuple(weight_matrix(module).shape))
     needs_data = config.needs_calibration
     if needs_data and windows is None:
         raise ValueError(f"{config.describe()!r} needs calibration windows; pass windows=")
@@ -403,11 +427,14 @@ def prune_model(model: nn.Module, config, windows: torch.Tensor | None = None, p
         capture_start = time.perf_counter()
         captured = capture_layer_inputs(model, layers, windows, config.calibration.batch_size, activation_storage)
         report.capture_seconds = time.perf_counter() - capture_start
+    checkpoints = LayerCheckpoints(resume_dir, config, model, windows) if resume_dir is not None else None
+    start = checkpoints.restore(per_layer, captured, report) if checkpoints else 0
     if config.allocation in PREPASS_ALLOCATIONS:
-        report.allocation = _allocate(config, layers, per_layer, captured, progress)
+        report.allocation = report.allocation or _allocate(config, layers, per_layer, captured, progress)
         method.layer_sparsity = report.allocation["layer_sparsity"]
     hessian = method.statistics == "hessian" or config.refine
-    bar = tqdm(list(enumerate(layers)), desc=f"pruning ({config.describe()})", unit="layer", disable=not progress)
+    bar = tqdm(list(enumerate(layers))[start:], desc=f"pruning ({config.describe()})", unit="layer",
+               disable=not progress, initial=start, total=len(layers))
     for index, layer in bar:
         layer_start = time.perf_counter()
         record = LayerRecord(index=index, seconds=0.0)
@@ -424,6 +451,9 @@ def prune_model(model: nn.Module, config, windows: torch.Tensor | None = None, p
                 outputs = run_layer(layer, captured, index, keep_outputs=True)
                 method.observe_layer(index, captured.hidden, outputs)
                 captured.advance(outputs)
+            if checkpoints:
+                record.seconds = time.perf_counter() - layer_start
+                checkpoints.save(index, targets, captured, [*report.layers, record], report.allocation)
         record.extra_memory_bytes = peak.extra_bytes
         record.seconds = time.perf_counter() - layer_start
         report.layers.append(record)
@@ -448,4 +478,6 @@ def prune_model(model: nn.Module, config, windows: torch.Tensor | None = None, p
     report.parameters_after = sum(p.numel() for p in model.parameters())
     report.total_seconds = time.perf_counter() - started
     _peak_memory(report)
+    if checkpoints:
+        checkpoints.clear()
     return report

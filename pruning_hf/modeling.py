@@ -101,6 +101,18 @@ def load_model(name_or_path: str | os.PathLike, **hf_kwargs: Any):
         raise
 
 
+def windows_before_loading(config: PruningConfig | None, tokenizer, name: str, hf_kwargs: dict[str, Any]):
+    """Calibration windows for ``config`` built before the model's weights load (``None`` when the
+    method needs none), so unreadable or too little text fails in seconds, not after a big load."""
+    if config is None or not config.needs_calibration:
+        return None
+    from .calibration import calibration_windows
+    from .evaluation.report import model_config
+
+    max_len = getattr(model_config(name, hf_kwargs), "max_position_embeddings", None)
+    return calibration_windows(config.calibration, tokenizer, max_len)
+
+
 def load_tokenizer(name_or_path: str | os.PathLike, **hf_kwargs: Any):
     from transformers import AutoTokenizer
 
@@ -208,24 +220,31 @@ def _read_evaluation(name: str):
 
 
 def prune(model, config: PruningConfig | dict | str, tokenizer=None, progress: bool = True, windows=None,
-          activation_storage: str = "cpu"):
+          activation_storage: str = "cpu", resume_dir: str | os.PathLike | None = None):
     """Prune an already-loaded causal LM in place; returns the :class:`~pruning_hf.engine.PruningReport`.
 
     Calibration windows are built from ``config.calibration`` with ``tokenizer`` unless given.
     The model's config records the PruningConfig, so a saved checkpoint says how it was made.
     ``activation_storage``: where calibration activations wait between layers ("cpu", a device, or
-    "disk" for models whose activations do not fit in RAM either).
+    "disk" for models whose activations do not fit in RAM either). ``resume_dir``: a folder for a
+    checkpoint after every decoder layer; rerun with it to continue an interrupted run
+    (:mod:`pruning_hf.resume`).
     """
     from .calibration import calibration_windows
-    from .engine import prune_model
+    from .engine import check_targets, prune_model
+    from .resume import check_resumable
 
     config = _coerce_config(config)
+    check_targets(model, config)  # an unsupported model or a typo in targets fails before calibration
+    if resume_dir is not None:
+        check_resumable(config, resume_dir)
     if windows is None and config.needs_calibration:
         if tokenizer is None:
             raise ValueError(f"method {config.method!r} needs calibration data: pass tokenizer= (or windows=)")
         max_len = getattr(model.config, "max_position_embeddings", None)
         windows = calibration_windows(config.calibration, tokenizer, max_len)
-    report = prune_model(model, config, windows=windows, progress=progress, activation_storage=activation_storage)
+    report = prune_model(model, config, windows=windows, progress=progress, activation_storage=activation_storage,
+                         resume_dir=resume_dir)
     from . import __version__
 
     model.config.pruning_config = {**config.to_dict(), "pruning_hf_version": __version__}
@@ -281,6 +300,7 @@ class AutoPrunedModel:
             load_texts(config.calibration.source, config.calibration.text_column)  # fail before the big load
         name = resolve_name(pretrained_model_name_or_path)
         tokenizer = tokenizer if tokenizer is not None else load_tokenizer(name, **hf_kwargs)
+        windows = windows_before_loading(config, tokenizer, name, hf_kwargs)
         data = None
         if evaluate is not False and evaluate is not None:
             from .evaluation.report import EvaluationConfig, model_config, prepare_evaluation
@@ -300,7 +320,7 @@ class AutoPrunedModel:
             from .evaluation.report import prune_and_compare
 
             prune_and_compare(model, tokenizer, config, data, progress=progress,
-                              prune_options={"activation_storage": activation_storage})
+                              prune_options={"activation_storage": activation_storage, "windows": windows})
         else:
-            prune(model, config, tokenizer, progress=progress, activation_storage=activation_storage)
+            prune(model, config, tokenizer, progress=progress, windows=windows, activation_storage=activation_storage)
         return model

@@ -254,7 +254,7 @@ class Recipe:
             root = yaml.compose(text, Loader=yaml.SafeLoader)
             data = yaml.safe_load(text)
         except yaml.YAMLError as err:
-            raise RecipeError(f"{source}: not valid YAML: {err}") from None
+            raise RecipeError(f"{source}: not valid (safe) YAML: {' '.join(str(err).split())}") from None
         try:
             return cls.from_dict(data, quick=quick, source=source)
         except RecipeError as err:
@@ -371,10 +371,10 @@ class Recipe:
         ``check=True`` skips the push when an expectation fails. ``push_to_hub``: a repo id, or
         ``True`` for the recipe's ``hub.repo_id``.
         """
-        from .calibration import calibration_windows, load_texts
+        from .calibration import load_texts
         from .hub import push_folder
         from .measurements import evaluation_tokens, measure_model, prune_measured, relative_metrics
-        from .modeling import load_model, load_tokenizer, resolve_name
+        from .modeling import load_model, load_tokenizer, resolve_name, windows_before_loading
         from .storage import check_output_dir
 
         repo_id = self.hub.repo_id if push_to_hub is True else (push_to_hub or None)
@@ -388,13 +388,10 @@ class Recipe:
             load_texts(self.pruning.calibration.source, self.pruning.calibration.text_column)
         name = resolve_name(self.model.id)
         tokenizer = load_tokenizer(name, **self.model.hf_kwargs())
-        model = load_model(name, **self.model.hf_kwargs())
         tokens = evaluation_tokens(settings, tokenizer)
+        windows = windows_before_loading(self.pruning, tokenizer, name, self.model.hf_kwargs())
+        model = load_model(name, **self.model.hf_kwargs())
         dense = measure_model(model, tokenizer, tokens, settings) if self.evaluation.dense else None
-        windows = None
-        if self.pruning.needs_calibration:
-            windows = calibration_windows(self.pruning.calibration, tokenizer,
-                                          getattr(model.config, "max_position_embeddings", None))
         pruning = prune_measured(model, self.pruning, tokenizer, windows, settings, progress=progress)
         pruned = measure_model(model, tokenizer, tokens, settings)
         metrics = {**pruned, **pruning["metrics"]}

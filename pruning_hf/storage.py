@@ -16,7 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-__all__ = ["atomic_directory", "OutputPathError", "folder_bytes"]
+__all__ = ["atomic_directory", "atomic_file", "OutputPathError", "CheckpointWriteError", "check_output_dir",
+           "folder_bytes"]
 
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
@@ -26,15 +27,24 @@ class OutputPathError(ValueError):
     """The output path cannot hold a checkpoint (it is a file, a foreign folder, or not writable)."""
 
 
+class CheckpointWriteError(OSError):
+    """Writing a checkpoint failed midway (disk full, I/O error); the target path was left as it was."""
+
+
 def folder_bytes(path: str | os.PathLike) -> int:
     """Total size in bytes of the regular files under ``path``."""
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
 
 
-def _finish_tree(root: Path) -> None:
-    """Give files the usual umask permissions (mkdtemp makes 0700) and flush everything to disk."""
+def _umask() -> int:
     umask = os.umask(0)
     os.umask(umask)
+    return umask
+
+
+def _finish_tree(root: Path) -> None:
+    """Give files the usual umask permissions (mkdtemp makes 0700) and flush everything to disk."""
+    umask = _umask()
     for path in sorted(root.rglob("*")) + [root]:
         os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
         flags = os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() else 0)
@@ -78,7 +88,10 @@ def _remove_stale(parent: Path, name: str) -> None:
         except (ValueError, IndexError):
             continue
         if pid != os.getpid() and not _pid_alive(pid):
-            shutil.rmtree(stale, ignore_errors=True)
+            if stale.is_dir() and not stale.is_symlink():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                stale.unlink(missing_ok=True)
 
 
 def check_output_dir(target: Path) -> None:
@@ -90,10 +103,16 @@ def check_output_dir(target: Path) -> None:
             f"output folder {str(target)!r} is not empty and holds no checkpoint (no config.json); "
             "choose a new or empty folder, so nothing of yours is replaced")
     parent = target.parent
-    while not parent.exists():
+    while not parent.exists() and not parent.is_symlink():
         parent = parent.parent
-    if not os.access(parent, os.W_OK):
-        raise OutputPathError(f"cannot write in {str(parent)!r} (permission denied); choose another output folder")
+    if not parent.is_dir():
+        raise OutputPathError(f"output path {str(target)!r} lies inside {str(parent)!r}, which is a file, "
+                              "not a folder; choose another output folder")
+    try:  # os.access says yes to root everywhere, and knows nothing of read-only file systems
+        os.rmdir(tempfile.mkdtemp(prefix=".pruning_hf-probe-", dir=parent))
+    except OSError as err:
+        raise OutputPathError(f"cannot write in {str(parent)!r} ({err.strerror or err}); "
+                              "choose another output folder") from None
 
 
 @contextmanager
@@ -107,9 +126,17 @@ def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
     target.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale(target.parent, target.name)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
+    existed = target.exists()
     try:
-        yield tmp
-        _finish_tree(tmp)
+        try:
+            yield tmp
+            _finish_tree(tmp)
+        except OSError as err:  # disk full, I/O error: nothing was swapped in yet
+            kept = "the previous checkpoint there is unchanged" if existed else "nothing was written there"
+            failure = CheckpointWriteError(f"could not write the checkpoint to {str(target)!r} "
+                                           f"({err.strerror or err}); {kept}")
+            failure.errno = err.errno
+            raise failure from err
         if not target.exists():
             os.rename(tmp, target)
         elif _exchange(tmp, target):
@@ -126,4 +153,30 @@ def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
             os.close(fd)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+@contextmanager
+def atomic_file(target: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``target``; on success it is flushed and renamed over ``target``
+    (a kill at any moment leaves the old file or the new one), on failure it is removed.
+
+    Temporaries left by killed writers of the same file are deleted first.
+    """
+    target = Path(target)
+    _remove_stale(target.parent, target.name)
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
         raise

@@ -16,7 +16,6 @@ import json
 import math
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -27,6 +26,7 @@ from .cards import EVALUATION_FILE, SWEEP_FILE, SWEEP_PLOTS
 from .config import CalibrationConfig, PruningConfig
 from .masks import parse_pattern
 from .measurements import METRICS, TASK_SUFFIX, MeasureSettings, is_metric
+from .storage import atomic_file
 
 __all__ = ["sweep", "SweepResult", "SweepError", "Budget", "OBJECTIVES", "pareto_front", "parse_levels"]
 
@@ -150,11 +150,8 @@ def _label(config: PruningConfig) -> str:
 
 
 def _atomic_write(path: Path, data: str | bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data.encode("utf-8") if isinstance(data, str) else data)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
 
 
 def _fmt(metric: str, value: Any) -> str:
@@ -255,7 +252,8 @@ def _plot(result: SweepResult) -> list[Path]:
     ax.legend(fontsize=8)
     fig.tight_layout()
     paths = [result.output / SWEEP_PLOTS[0]]
-    fig.savefig(paths[0], dpi=110)
+    with atomic_file(paths[0]) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
 
     axes = [(m, label) for m, label in PARETO_AXES if any(r.get(m) is not None for r in result.rows)]
@@ -280,7 +278,8 @@ def _plot(result: SweepResult) -> list[Path]:
     fig.suptitle(f"Quality vs cost ({result.budget}; objective: {result.objective})")
     fig.tight_layout()
     paths.append(result.output / SWEEP_PLOTS[1])
-    fig.savefig(paths[1], dpi=110)
+    with atomic_file(paths[1]) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
     return paths
 
@@ -333,6 +332,7 @@ def sweep(model: str, methods: Sequence[str] | str = ("magnitude", "wanda", "spa
         save_best: also save the recommended point as a checkpoint here (card with the sweep plots).
     """
     from .calibration import calibration_windows, load_texts
+    from .evaluation.report import model_config
     from .measurements import evaluation_tokens, measure_model, prune_measured, relative_metrics
     from .modeling import load_model, load_tokenizer, resolve_name
 
@@ -380,14 +380,13 @@ def sweep(model: str, methods: Sequence[str] | str = ("magnitude", "wanda", "spa
     tokenizer = load_tokenizer(name, **hf_kwargs)
     tokens = evaluation_tokens(settings, tokenizer)
     windows = None
-    if state["dense"] is None or needs_windows:
+    if needs_windows:  # before any model loads: too little text fails in seconds
+        windows = calibration_windows(calibration, tokenizer,
+                                      getattr(model_config(name, hf_kwargs), "max_position_embeddings", None))
+    if state["dense"] is None:
         dense_model = load_model(name, **hf_kwargs)
-        if state["dense"] is None:
-            state["dense"] = {k: v for k, v in measure_model(dense_model, tokenizer, tokens, settings).items()
-                              if is_metric(k)}
-        if needs_windows:
-            windows = calibration_windows(calibration, tokenizer,
-                                          getattr(dense_model.config, "max_position_embeddings", None))
+        state["dense"] = {k: v for k, v in measure_model(dense_model, tokenizer, tokens, settings).items()
+                          if is_metric(k)}
         del dense_model
     dense = state["dense"]
     result = SweepResult(dense, [], parsed_budget, objective, None, output, skipped)
