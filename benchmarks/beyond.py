@@ -14,7 +14,8 @@ rest of "prune s" is calibration forward passes. "layer extra MiB" is the larges
 above the layer's start (sampled RSS on CPU).
 
 Prints a markdown table and writes ``benchmarks/results/beyond[-quick].json`` after every row;
-rows already there for the same set-up are reused, so an interrupted run resumes.
+rows already there for the same text, windows and threads are reused, so an interrupted run resumes
+and runs over different subsets (``--models``, ``--settings``, ``--variants``) add up to one table.
 """
 
 from __future__ import annotations
@@ -60,6 +61,20 @@ COLUMNS = [("model", "model"), ("setting", "setting"), ("variant", "configuratio
            ("vs_sparsegpt", "vs SparseGPT"), ("prune_seconds", "prune s"), ("method_seconds", "method s"),
            ("refine_seconds", "refine s"), ("dense_pass_seconds", "dense pass s"),
            ("layer_extra_mib", "layer extra MiB")]
+
+
+#: what makes two rows comparable: the same text, calibration and evaluation windows, and threads
+MEASUREMENT_KEYS = ("text", "calibration", "evaluation", "threads")
+
+
+def _merged(rows: list[dict], earlier: dict[tuple, dict]) -> list[dict]:
+    """This run's rows plus earlier rows of other models / settings / variants, in table order."""
+    keys = {(r["model"], r["setting"], r["variant"]) for r in rows}
+    combined = rows + [r for key, r in earlier.items() if key not in keys]
+    order = {setting: i for i, setting in enumerate(["dense", *SETTINGS])}
+    variants = {variant: i for i, variant in enumerate(["dense", *VARIANTS])}
+    models = list(dict.fromkeys(r["model"] for r in combined))
+    return sorted(combined, key=lambda r: (models.index(r["model"]), order[r["setting"]], variants[r["variant"]]))
 
 
 def rows_to_run(setup: dict) -> list[tuple[str, str]]:
@@ -150,7 +165,9 @@ def main() -> int:
             setup[key] = chosen.split(",")
     path = common.RESULTS / f"{name}.json"
     previous = json.loads(path.read_text()) if path.is_file() and not args.fresh else {}
-    same = all(previous.get("setup", {}).get(k) == v for k, v in setup.items() if k not in ("models", "command"))
+    # rows measured on the same data and threads are reused, whichever subset of models / settings / variants
+    # an earlier run covered; rows of other subsets stay in the file (each command adds to one table)
+    same = all(previous.get("setup", {}).get(k) == setup[k] for k in MEASUREMENT_KEYS)
     done = {(r["model"], r["setting"], r["variant"]): r for r in previous.get("rows", [])} if same else {}
     rows = []
     for model_name in setup["models"]:
@@ -170,8 +187,9 @@ def main() -> int:
                 row["model"] = model_name
             rows.append(row)
             print(f"{model_name} {setting} {variant}: ppl {row['perplexity']:.3f}", file=sys.stderr, flush=True)
-            common.write_results(name, setup, rows)  # after every row, so an interrupted run resumes
+            common.write_results(name, setup, _merged(rows, done))  # after every row: an interrupted run resumes
         del model, dense_state
+    rows = _merged(rows, done)
     for row in rows:
         plain = next((r for r in rows if (r["model"], r["setting"], r["variant"]) ==
                       (row["model"], row["setting"], "SparseGPT")), None)
