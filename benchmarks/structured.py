@@ -203,7 +203,7 @@ def run_model(model_name: str, dense, tokenizer, args, eval_tokens, levels) -> t
             row = {"kind": kind, "level": level, "label": label,
                    "importance": {"depth": "block influence", "unstructured": "magnitude"}.get(
                        kind, options.get("importance")),
-                   "allocation": options.get("allocation", "-"),
+                   "allocation": config.allocation if config.method == "structured" else "-",
                    "parameters_removed": report.parameters_removed, "perplexity": ppl,
                    "prune_seconds": seconds, "details": report.details}
             quality.append(row)
