@@ -17,6 +17,7 @@ from pathlib import Path
 
 from .embedded import EMBEDDED_MODELS, EMBEDDED_PREFIX, is_embedded
 from .config import PruningConfig
+from .evaluation.tasks import TASK_SUFFIX
 from .masks import parse_pattern
 
 __all__ = ["CARD_FILE", "EVALUATION_FILE", "RECIPE_FILE", "SWEEP_PLOTS", "TEMPLATES", "render_model_card",
@@ -92,8 +93,8 @@ _TABLE_ROWS = (
 def _comparison_rows(evaluation: dict) -> list[dict[str, str]]:
     dense, pruned = evaluation.get("dense") or {}, evaluation.get("pruned") or {}
     rows = []
-    tasks = tuple((key, f"{key[len('task:'):]} accuracy", lambda v: f"{v:.3f}")
-                  for key in pruned if key.startswith("task:"))
+    tasks = tuple((key, f"{key.removesuffix(TASK_SUFFIX)} accuracy", lambda v: f"{v:.3f}")
+                  for key in pruned if key.endswith(TASK_SUFFIX))
     for key, label, fmt in _TABLE_ROWS + tasks:
         if key not in pruned:
             continue
@@ -149,13 +150,13 @@ def _card_metrics(entry: dict) -> dict:
         metrics.update(energy_wh_per_1k_tokens=phase["energy_kwh"] * 1e6 / quality["tokens"],
                        emissions_g=phase["emissions_g"])
     for task, result in (entry.get("tasks") or {}).items():
-        metrics[f"task:{task}"] = result["acc"]
+        metrics[f"{task}{TASK_SUFFIX}"] = result["acc"]
     return {key: value for key, value in metrics.items() if value is not None}
 
 
 def _from_evaluation_report(report: dict) -> dict:
     """An evaluation report (``evaluation_report.json``) in the shape of a recipe's ``evaluation.json``."""
-    from .evaluation.energy import country_name
+    from .evaluation.energy import country_name, describe_source
 
     models = report.get("models") or []
     if len(models) < 2:
@@ -167,7 +168,7 @@ def _from_evaluation_report(report: dict) -> dict:
                  "dense": _card_metrics(models[0]), "pruned": _card_metrics(models[-1])}
     if energy:
         info = {"country": country_name(energy["country_iso_code"]), "hardware": tracking.get("hardware", "?"),
-                "source": f"codecarbon {energy.get('codecarbon_version')}: {tracking.get('summary', '?')}"}
+                "source": describe_source(energy)}
         converted["pruned"]["energy_info"] = info
         pruning = (models[-1].get("energy") or {}).get("pruning")
         if pruning:

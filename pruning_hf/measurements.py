@@ -20,9 +20,9 @@ from .calibration import load_texts, tokenize_texts
 from .config import check_int
 from .evaluation.efficiency import measure_efficiency, parameter_counts
 from .evaluation.energy import DEFAULT_COUNTRY_ISO as DEFAULT_COUNTRY
-from .evaluation.energy import EnergyTracker, check_country_iso, country_name
+from .evaluation.energy import EnergyTracker, check_country_iso, country_name, describe_source
 from .evaluation.perplexity import perplexity
-from .evaluation.tasks import load_tasks, parse_task_list, run_task, task_names
+from .evaluation.tasks import TASK_SUFFIX, load_tasks, parse_task_list, run_task, task_names
 
 __all__ = ["METRICS", "TASK_SUFFIX", "is_metric", "MeasureSettings", "evaluation_tokens", "measure_model", "energy_meter",
            "prune_measured", "relative_metrics", "DEFAULT_COUNTRY"]
@@ -46,10 +46,6 @@ METRICS: dict[str, tuple[str, str]] = {
     "pruning_energy_kwh": ("energy of the pruning run (codecarbon)", "kWh"),
     "pruning_emissions_g": ("CO2-equivalent of the pruning run (codecarbon)", "g"),
 }
-#: task accuracies are metrics named ``<task>_acc`` (e.g. ``piqa_acc``): a fraction, higher is better
-TASK_SUFFIX = "_acc"
-
-
 def is_metric(name: str) -> bool:
     """A metric of :data:`METRICS` or a task accuracy (``<task>_acc``)."""
     return name in METRICS or name.endswith(TASK_SUFFIX)
@@ -142,7 +138,7 @@ def energy_meter(country_iso_code: str = DEFAULT_COUNTRY) -> Iterator[dict]:
     result.update(energy_kwh=phase.energy_kwh, emissions_g=phase.emissions_g, duration_s=phase.seconds,
                   country=country_name(tracker.country_iso_code), country_iso_code=tracker.country_iso_code,
                   hardware=tracking.get("hardware", "?"), tracking_mode=tracking.get("tracking_mode"),
-                  source=f"codecarbon {tracker.to_dict()['codecarbon_version']}: {tracking.get('summary', '?')}")
+                  source=describe_source(tracker.to_dict()))
 
 
 def measure_model(model, tokenizer, tokens: torch.Tensor, settings: MeasureSettings) -> dict[str, float]:

@@ -31,7 +31,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-__all__ = ["DEFAULT_COUNTRY_ISO", "EnergyTracker", "PhaseEnergy", "check_country_iso", "country_name", "EnergyError"]
+__all__ = ["DEFAULT_COUNTRY_ISO", "EnergyTracker", "PhaseEnergy", "check_country_iso", "country_name", "describe_source",
+           "EnergyError"]
 
 DEFAULT_COUNTRY_ISO = "USA"
 
@@ -110,6 +111,11 @@ class PhaseEnergy:
         data["emissions_g"] = self.emissions_g
         data.update(self.per_1k_tokens() or {})
         return data
+
+
+def describe_source(energy: dict[str, Any]) -> str:
+    """``"codecarbon <version>: <what was measured or estimated>"`` for an :meth:`EnergyTracker.to_dict`."""
+    return f"codecarbon {energy.get('codecarbon_version')}: {(energy.get('tracking') or {}).get('summary', '?')}"
 
 
 def _hardware_name(tracker) -> str:

@@ -27,10 +27,12 @@ from typing import Any, Callable
 from .loglikelihood import split_last_word
 
 __all__ = ["TaskError", "Task", "TASKS", "load_task", "load_tasks", "parse_task_list", "task_names", "run_task",
-           "MULTIPLE_CHOICE", "LAST_WORD"]
+           "MULTIPLE_CHOICE", "LAST_WORD", "TASK_SUFFIX"]
 
 MULTIPLE_CHOICE = "multiple_choice"
 LAST_WORD = "last_word"
+#: a task's accuracy as a sweep / recipe / card metric is named ``<task>_acc`` (a fraction, higher is better)
+TASK_SUFFIX = "_acc"
 
 
 class TaskError(ValueError):
