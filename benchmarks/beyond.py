@@ -32,10 +32,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 from pruning_hf import PruningConfig  # noqa: E402
-from pruning_hf.calibration import sample_windows  # noqa: E402
+from pruning_hf.data.text import sample_windows  # noqa: E402
 from pruning_hf.engine import prune_model  # noqa: E402
 from pruning_hf.evaluation import perplexity  # noqa: E402
-from pruning_hf.modeling import load_model, load_tokenizer  # noqa: E402
+from pruning_hf.hf.loading import load_model, load_tokenizer  # noqa: E402
 
 MODELS = ["embedded:smollm2-135m", "embedded:gemma3-270m"]
 SETTINGS = {"50%": ("unstructured", 0.5), "60%": ("unstructured", 0.6), "70%": ("unstructured", 0.7),

@@ -7,6 +7,7 @@ rows plus the set-up (model, data, seq len, windows, calibration, versions) need
 from __future__ import annotations
 
 import json
+import os
 import multiprocessing
 import platform
 from pathlib import Path
@@ -22,14 +23,15 @@ WIKITEXT = next((p / "shared" / "data" / "wikitext-2-valid.txt" for p in (_ROOT.
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def text_source() -> str:
-    """WikiText-2 validation text when ``../shared`` is present, else the embedded corpus."""
-    return str(WIKITEXT) if WIKITEXT.is_file() else "embedded"
+def text_source(fallback: str = "embedded") -> str:
+    """WikiText-2 validation text when ``../shared`` is present (as a path relative to the current folder, so
+    results and tables name no machine-specific prefix), else ``fallback`` (the embedded corpus)."""
+    return os.path.relpath(WIKITEXT) if WIKITEXT.is_file() else fallback
 
 
 def split_tokens(tokenizer, eval_tokens: int, source: str | None = None) -> tuple[str, torch.Tensor, torch.Tensor]:
     """Tokenize ``source``; the first ``eval_tokens`` are for evaluation, the rest for calibration (disjoint)."""
-    from pruning_hf.calibration import load_texts, tokenize_texts
+    from pruning_hf.data.text import load_texts, tokenize_texts
 
     source = source or text_source()
     tokens = tokenize_texts(load_texts(source), tokenizer)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 import time
@@ -28,23 +29,14 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from pruning_hf import PruningConfig  # noqa: E402
 from pruning_hf.evaluation.energy import DEFAULT_COUNTRY_ISO  # noqa: E402
-from pruning_hf.evaluation.report import prune_and_compare  # noqa: E402
+from pruning_hf import prune_and_compare  # noqa: E402
+import common  # noqa: E402
 
 MODEL = "embedded:smollm2-135m"
-WIKITEXT = "shared/data/wikitext-2-valid.txt"
-
-
-def default_eval_text() -> str:
-    """WikiText-2 validation next to the repository (``../shared``, or ``../../shared`` from a worktree)."""
-    for base in (ROOT.parent, ROOT.parent.parent):
-        if (base / WIKITEXT).is_file():
-            return str(base / WIKITEXT)
-    return "embedded@test"
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small budget: checks the pipeline, numbers are noisy")
@@ -55,8 +47,8 @@ def main() -> int:
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
-    eval_text = args.eval_text or default_eval_text()
-    tasks = sorted(str(p) for p in (ROOT / "benchmarks" / "data").glob("*.jsonl"))
+    eval_text = args.eval_text or common.text_source("embedded@test")
+    tasks = sorted(os.path.relpath(p) for p in (ROOT / "benchmarks" / "data").glob("*.jsonl"))
     calibration = {"source": "embedded", "num_samples": 8 if args.quick else 32, "seq_len": 512, "seed": 0}
     methods = {
         "wanda 50%": PruningConfig(method="wanda", sparsity=0.5, calibration=calibration),

@@ -83,7 +83,7 @@ def bench_checkpoint(shape: str) -> Path:
     torch.manual_seed(0)
     config = OPTConfig(vocab_size=50272, max_position_embeddings=2048, **SHAPES[shape])
     model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
-    from pruning_hf.storage import atomic_directory
+    from pruning_hf.utils.storage import atomic_directory
 
     with atomic_directory(folder) as tmp:
         model.save_pretrained(tmp)
@@ -96,7 +96,7 @@ def weights_digest(model) -> str:
     """sha256 over every parameter (name order), reading offloaded modules one at a time."""
     import torch
 
-    from pruning_hf.devices import onloaded
+    from pruning_hf.models.devices import onloaded
 
     digest = hashlib.sha256()
     for name, module in sorted(model.named_modules(), key=lambda item: item[0]):
@@ -152,7 +152,7 @@ def measure(args) -> dict:
     import torch
     from transformers import AutoConfig
 
-    from pruning_hf.architectures import decoder_layers
+    from pruning_hf.models.architectures import decoder_layers
 
     torch.set_num_threads(args.threads)
     config = AutoConfig.from_pretrained(args.checkpoint)
@@ -290,7 +290,7 @@ def _tensor_bytes(folder: Path) -> dict[str, int]:
 
 def _pruned_tensor_ratio(dense_dir: Path, compressed_dir: Path) -> float:
     """Stored bytes of the compressed weights (values + layout) over their dense bytes."""
-    from pruning_hf.compression import BITMASK_SUFFIX, NM_INDEX_SUFFIX
+    from pruning_hf.sparsity.compression import BITMASK_SUFFIX, NM_INDEX_SUFFIX
 
     dense, compressed = _tensor_bytes(dense_dir), _tensor_bytes(compressed_dir)
     names = [name for name in dense if name + BITMASK_SUFFIX in compressed or name + NM_INDEX_SUFFIX in compressed]
@@ -304,7 +304,7 @@ def disk_rows(shape: str, workdir: Path) -> list[dict]:
     from transformers import AutoModelForCausalLM
 
     from pruning_hf import PruningConfig, prune
-    from pruning_hf.storage import folder_bytes
+    from pruning_hf.utils.storage import folder_bytes
 
     checkpoint = bench_checkpoint(shape)
     ids = torch.randint(0, 50272, (1, 32), generator=torch.Generator().manual_seed(0))

@@ -50,7 +50,7 @@ def gpu_seconds(function, warmup: int = 3, repeats: int = 10) -> float:
 
 
 def pruned_2to4(out_features: int, in_features: int) -> torch.Tensor:
-    from pruning_hf.masks import nm_mask
+    from pruning_hf.sparsity.masks import nm_mask
 
     weight = torch.randn(out_features, in_features, device="cuda", dtype=torch.float16)
     return weight * nm_mask(weight.abs(), 2, 4)
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="Linear layers only, fewer repeats")
     args = parser.parse_args(argv)
-    from pruning_hf.kernels import semi_structured_support
+    from pruning_hf.hf.kernels import semi_structured_support
 
     backend, unavailable = semi_structured_support()
     if unavailable:

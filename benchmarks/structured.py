@@ -46,13 +46,15 @@ from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from pruning_hf import PruningConfig, prune  # noqa: E402
-from pruning_hf.architectures import decoder_layers, get_architecture, linear_modules  # noqa: E402
-from pruning_hf.calibration import calibration_windows, load_texts, tokenize_texts  # noqa: E402
+from pruning_hf.models.architectures import decoder_layers, get_architecture, linear_modules  # noqa: E402
+from pruning_hf.data.text import calibration_windows, load_texts, tokenize_texts  # noqa: E402
 from pruning_hf.evaluation import perplexity  # noqa: E402
-from pruning_hf.modeling import load_model, load_tokenizer  # noqa: E402
-from pruning_hf.shrink import attention_linears  # noqa: E402
+from pruning_hf.hf.loading import load_model, load_tokenizer  # noqa: E402
+from pruning_hf.models.shrink import attention_linears  # noqa: E402
+import common  # noqa: E402
 
 SMOLLM2 = "embedded:smollm2-135m"
 WIKITEXT = "shared/data/wikitext-2-valid.txt"
@@ -286,7 +288,7 @@ def main() -> int:
     args.calibration = args.calibration or ([8, 256] if quick else [16, 256])
     args.eval_len = args.eval_len or (256 if quick else 512)
     args.eval_windows = args.eval_windows or (4 if quick else 16)
-    eval_text = args.eval_text or default_eval_text()
+    eval_text = args.eval_text or common.text_source("embedded@test")
     output = Path(args.output or ROOT / "benchmarks" / "results" / f"structured{'_quick' if quick else ''}.json")
     started = time.perf_counter()
 

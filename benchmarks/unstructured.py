@@ -37,9 +37,9 @@ def run_row(label: str, method_kwargs: dict | None, setup: dict) -> dict:
     import torch
 
     from pruning_hf import PruningConfig, prune
-    from pruning_hf.calibration import sample_windows
+    from pruning_hf.data.text import sample_windows
     from pruning_hf.evaluation import perplexity
-    from pruning_hf.modeling import load_model, load_tokenizer
+    from pruning_hf.hf.loading import load_model, load_tokenizer
 
     torch.manual_seed(0)
     tokenizer = load_tokenizer(MODEL)

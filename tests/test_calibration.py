@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from pruning_hf.calibration import (DataSourceError, calibration_windows, consecutive_windows, load_texts,
+from pruning_hf.data.text import (DataSourceError, calibration_windows, consecutive_windows, load_texts,
                                     parse_hub_source, sample_windows, tokenize_texts)
 from pruning_hf.config import CalibrationConfig
 

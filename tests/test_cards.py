@@ -9,10 +9,11 @@ import pytest
 from huggingface_hub import ModelCard
 
 from pruning_hf import Recipe, prune
-from pruning_hf.cards import base_model_id, render_model_card
+from pruning_hf.hf.cards import base_model_id, render_model_card
 from pruning_hf.cli import main
-from pruning_hf.measurements import energy_meter
-from pruning_hf.modeling import AutoPrunedModel, load_model
+from pruning_hf.evaluation.energy import EnergyTracker
+from pruning_hf import AutoPrunedModel
+from pruning_hf.hf.loading import load_model
 
 KG_PER_RUN = 0.0025  # what the fake tracker reports, in kilograms as codecarbon does
 KWH_PER_RUN = 0.01
@@ -84,10 +85,10 @@ def test_card_metadata_parses_with_model_index_and_co2_in_grams(make_checkpoint,
 
 def test_real_codecarbon_reading_is_in_grams_and_writes_no_file(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    with energy_meter("USA") as energy:
+    with EnergyTracker("USA") as tracker, tracker.phase("work") as energy:
         sum(i * i for i in range(2_000_000))
-    assert energy["energy_kwh"] > 0
-    intensity = energy["emissions_g"] / energy["energy_kwh"]  # grid carbon intensity, g CO2e per kWh
+    assert energy.energy_kwh > 0
+    intensity = energy.emissions_g / energy.energy_kwh  # grid carbon intensity, g CO2e per kWh
     assert 50 < intensity < 1500  # grams; kilograms would give ~0.4
     assert list(tmp_path.iterdir()) == []
 
@@ -122,7 +123,7 @@ def test_base_model_ids():
     assert base_model_id("embedded:gemma3-270m") == "google/gemma-3-270m"
     assert base_model_id("facebook/opt-1.3b") == "facebook/opt-1.3b"
     assert base_model_id("/tmp/some/folder") is None and base_model_id(None) is None
-    from pruning_hf.embedded import cache_root, public_model_name
+    from pruning_hf.models.embedded import cache_root, public_model_name
 
     assert public_model_name(str(cache_root() / "embedded" / "smollm2-135m")) == "embedded:smollm2-135m"
     assert public_model_name("facebook/opt-125m") == "facebook/opt-125m"
@@ -160,3 +161,26 @@ def test_card_shows_the_dense_vs_pruned_report_of_an_evaluated_prune(make_checkp
                 "| yesno accuracy |", "| CO2e of the evaluation workload (g) |"):
         assert row in card.text, row
     assert card.data.co2_eq_emissions["emissions"] == pytest.approx(KG_PER_RUN * 1000)  # the pruning phase
+
+
+def test_a_checkpoint_with_the_old_evaluation_file_still_loads_renders_and_keeps_it(make_checkpoint, tokenizer,
+                                                                                    tmp_path):
+    """pruning_hf 0.1 recipes and sweeps wrote flat metrics to evaluation.json; such checkpoints keep working."""
+    import json
+
+    model = load_model(make_checkpoint("llama"))
+    prune(model, {"method": "magnitude", "sparsity": 0.5}, tokenizer, progress=False)
+    folder = tmp_path / "old"
+    model.save_pretrained(folder)
+    legacy = {"settings": {"text": "embedded@test", "seq_len": 64},
+              "dense": {"perplexity": 12.5, "params_nonzero": 1000, "eval_windows": 4, "eval_tokens": 252},
+              "pruned": {"perplexity": 19.25, "params_nonzero": 600, "eval_windows": 4, "eval_tokens": 252},
+              "pruning_energy": None}
+    (folder / "evaluation.json").write_text(json.dumps(legacy))
+    assert main(["card", str(folder)]) == 0
+    card = ModelCard.load(folder / "README.md")
+    assert "## Dense vs pruned" in card.text and "| perplexity | 12.500 | 19.250 | 1.540x |" in card.text
+    reloaded = AutoPrunedModel.from_pretrained(folder)
+    reloaded.save_pretrained(tmp_path / "again")
+    assert json.loads((tmp_path / "again" / "evaluation.json").read_text()) == legacy
+    assert "| perplexity | 12.500 | 19.250 | 1.540x |" in (tmp_path / "again" / "README.md").read_text()

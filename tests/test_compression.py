@@ -14,12 +14,12 @@ from transformers import AutoModelForCausalLM
 
 from conftest import tiny_model
 from pruning_hf import PruningConfig, prune
-from pruning_hf.compression import (
+from pruning_hf.sparsity.compression import (
     BITMASK_SUFFIX, NM_INDEX_SUFFIX, bitmask_compress, bitmask_decompress, compress_weight, decompress_weight,
     index_bits, nm_compress, nm_decompress, pack_bits, unpack_bits,
 )
-from pruning_hf.masks import nm_mask
-from pruning_hf.storage import folder_bytes
+from pruning_hf.sparsity.masks import nm_mask
+from pruning_hf.utils.storage import folder_bytes
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -63,7 +63,7 @@ def test_bitmask_round_trip(dtype, sparsity):
 
 
 def test_bitmask_numpy_and_torch_paths_agree_and_drop_negative_zeros():
-    from pruning_hf.compression import _bitmask_compress_torch, _bitmask_decompress_torch
+    from pruning_hf.sparsity.compression import _bitmask_compress_torch, _bitmask_decompress_torch
 
     weight = torch.randn(8, 64).to(torch.bfloat16)
     weight[:, ::3] = 0.0
@@ -188,14 +188,14 @@ def test_stock_transformers_without_pruning_hf_refuses_to_load(tmp_path):
 
 
 def test_failed_compression_leaves_no_checkpoint_and_foreign_quantization_is_refused(tmp_path, monkeypatch):
-    import pruning_hf.compression
+    import pruning_hf.hf.checkpoint
 
     model = _pruned("opt", "50%")
 
     def broken(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(pruning_hf.compression, "compress_checkpoint", broken)
+    monkeypatch.setattr(pruning_hf.hf.checkpoint, "compress_checkpoint", broken)
     with pytest.raises(OSError, match="disk full"):
         model.save_pretrained(tmp_path / "c", compress=True)
     assert not (tmp_path / "c").exists() and os.listdir(tmp_path) == []
@@ -207,7 +207,7 @@ def test_failed_compression_leaves_no_checkpoint_and_foreign_quantization_is_ref
 
 
 def test_unknown_feature_asks_to_upgrade():
-    from pruning_hf.hf_integration import PruningHfConfig
+    from pruning_hf.hf.quantizer import PruningHfConfig
 
     with pytest.raises(ValueError, match=r"feature\(s\) \['future_feature'\].*upgrade pruning_hf"):
         PruningHfConfig(future_feature={"x": 1})

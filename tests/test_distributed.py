@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pruning_hf.evaluation.distributed import distributed_perplexity, main, map_in_order
+from pruning_hf.cli.distributed import main
+from pruning_hf.evaluation.distributed import distributed_perplexity, map_in_order
 from pruning_hf.evaluation.perplexity import perplexity
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,7 +27,7 @@ def test_map_in_order_in_one_process_is_a_plain_map():
 def test_one_process_matches_plain_perplexity(make_checkpoint, tokenizer, text_file):
     from transformers import AutoModelForCausalLM
 
-    from pruning_hf.calibration import load_texts, tokenize_texts
+    from pruning_hf.data.text import load_texts, tokenize_texts
 
     model = AutoModelForCausalLM.from_pretrained(make_checkpoint("llama"))
     tokens = tokenize_texts(load_texts(str(text_file)), tokenizer)
@@ -51,7 +52,7 @@ def test_two_cpu_processes_give_the_same_result_as_one(make_checkpoint, text_fil
 
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--main_process_port", str(_free_port()), "-m", "pruning_hf.evaluation.distributed",
+               "--main_process_port", str(_free_port()), "-m", "pruning_hf.cli.distributed",
                *args, "--json", str(tmp_path / "two.json")]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-import pruning_hf.modeling
+import transformers
 from pruning_hf.cli import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -36,7 +36,7 @@ def test_eval_two_models_one_table(make_checkpoint, text_file, tmp_path, capsys)
 def no_model_load(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a model was loaded before the arguments were validated")
-    monkeypatch.setattr(pruning_hf.modeling, "load_model", refuse)
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", refuse)
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import tiny_model
-from pruning_hf.calibration import consecutive_windows, load_texts, tokenize_texts
+from pruning_hf.data.text import consecutive_windows, load_texts, tokenize_texts
 from pruning_hf.evaluation import load_metric
 from pruning_hf.evaluation.loglikelihood import continuation_scores, encode_pair
 
@@ -135,7 +135,7 @@ def test_real_model_through_the_shipped_metrics(smollm2_path):
     from pathlib import Path
 
     from pruning_hf import evaluate_model
-    from pruning_hf.modeling import load_model, load_tokenizer
+    from pruning_hf.hf.loading import load_model, load_tokenizer
 
     science = Path(__file__).resolve().parents[1] / "benchmarks" / "data" / "science_mc.jsonl"
     model, tokenizer = load_model(smollm2_path), load_tokenizer(smollm2_path)

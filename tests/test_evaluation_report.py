@@ -8,9 +8,9 @@ import pytest
 
 from conftest import tiny_model
 from pruning_hf import AutoPrunedModel, EvaluationReport, PruningConfig, compare_models, evaluate_model
-from pruning_hf.calibration import DataSourceError
+from pruning_hf.data.text import DataSourceError
 from pruning_hf.evaluation.energy import EnergyError
-from pruning_hf.evaluation.report import prune_and_compare
+from pruning_hf import prune_and_compare
 from pruning_hf.evaluation.tasks import TaskError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -41,7 +41,7 @@ def test_compare_models_uses_identical_data_and_reports_ratios(tokenizer, text_f
     assert markdown.startswith("| metric | dense | other |")
     assert f"({ratios['perplexity']:.2f}x)" in markdown and "4 windows x 64 tokens" in markdown
     data = json.loads(report.to_json())
-    assert data["schema"] == "pruning_hf.evaluation/1" and data["versions"]["torch"]
+    assert data["schema"] == "pruning_hf.evaluation/2" and data["versions"]["torch"]
     assert data["settings"]["text"] == str(text_file) and data["data"]["text"]["seq_len"] == 64
     assert EvaluationReport.from_dict(data).to_dict()["models"] == data["models"]
 
@@ -69,7 +69,7 @@ def test_from_pretrained_evaluate_gives_dense_vs_pruned_and_saves_it(make_checkp
     assert pruned["name"] == config.describe()
     assert pruned["pruning"]["sparsity"] == pytest.approx(0.5, abs=0.01)
     assert pruned["pruning"]["config"]["calibration"]["num_samples"] == 4
-    assert pruned["efficiency"]["parameters"]["nonzero"] < dense["efficiency"]["parameters"]["nonzero"]
+    assert pruned["size"]["parameters"]["nonzero"] < dense["size"]["parameters"]["nonzero"]
     assert pruned["energy"]["pruning"]["energy_kwh"] > 0 and pruned["energy"]["generation"]["generated_tokens"] == 8
     assert report.energy["tracking"]["summary"]
     assert "energy, pruning (Wh)" in report.to_markdown()
@@ -89,7 +89,7 @@ def test_several_prunings_of_one_dense_model(tokenizer, text_file):
     report = prune_and_compare(model, tokenizer, runs, text=str(text_file), efficiency=True, side_by_side=True,
                                repeats=1, new_tokens=2, decode_batches=[1], disk=False, **FAST)
     assert [entry["name"] for entry in report.models] == ["dense", "mag 50%", "mag 2:4"]
-    nonzero = {name: report[name]["efficiency"]["parameters"]["nonzero"] for name in ("dense", "mag 50%", "mag 2:4")}
+    nonzero = {name: report[name]["size"]["parameters"]["nonzero"] for name in ("dense", "mag 50%", "mag 2:4")}
     assert nonzero["dense"] > nonzero["mag 50%"] == nonzero["mag 2:4"]  # timed at the end: dense was kept as a copy
     assert report["dense"]["pruning"] is None
     # 2:4 started from the dense weights, not from the 50% model: exactly half of the weights are zero
@@ -130,3 +130,18 @@ def test_bad_input_is_rejected_before_any_model_work(tokenizer, tmp_path, text_f
     for settings, error, message in cases:
         with pytest.raises(error, match=message):
             evaluate_model(model, tokenizer, **settings)
+
+
+def test_a_version_1_report_still_loads_with_its_parameter_counts():
+    """Reports written by pruning_hf 0.1 kept the parameter counts under `efficiency`."""
+    entry = {"name": "dense", "perplexity": {"perplexity": 10.0, "tokens": 100, "windows": 2, "seq_len": 51},
+             "efficiency": {"parameters": {"total": 50, "nonzero": 40}, "weights_bytes": 200,
+                            "prefill": {"median_seconds": 0.5}, "decode": {"1": {"tokens_per_second": 8.0}}}}
+    report = EvaluationReport.from_dict({"schema": "pruning_hf.evaluation/1", "settings": {}, "data": {},
+                                         "models": [entry, {**entry, "name": "pruned"}]})
+    metrics = report.metrics("pruned")
+    assert (metrics["params_total"], metrics["params_nonzero"], metrics["weight_bytes"]) == (50, 40, 200)
+    assert metrics["prefill_ms"] == 500.0 and metrics["decode_tokens_per_s"] == 8.0
+    assert report.to_dict()["schema"] == "pruning_hf.evaluation/2"
+    with pytest.raises(ValueError, match="not a pruning_hf evaluation report"):
+        EvaluationReport.from_dict({"schema": "something/1"})

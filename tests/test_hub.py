@@ -12,8 +12,8 @@ import pytest
 
 from pruning_hf import prune
 from pruning_hf.cli import main
-from pruning_hf.hub import HubPushError, push_folder
-from pruning_hf.modeling import load_model
+from pruning_hf.hf.hub import HubPushError, push_folder
+from pruning_hf.hf.loading import load_model
 
 TOKEN = "hf_loopbackSECRETtoken0123456789"
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
-import pruning_hf.kernels as kernels
+import pruning_hf.hf.kernels as kernels
 from pruning_hf import PruningConfig, enable_2to4_kernels, prune
-from pruning_hf.kernels import is_2to4_sparse, semi_structured_candidates
+from pruning_hf.hf.kernels import is_2to4_sparse, semi_structured_candidates
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from pruning_hf.masks import (check_nm, global_threshold, mask_from_scores, nm_mask, num_to_prune, parse_pattern,
+from pruning_hf.sparsity.masks import (check_nm, global_threshold, mask_from_scores, nm_mask, num_to_prune, parse_pattern,
                               topk_mask)
 
 

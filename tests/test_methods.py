@@ -6,11 +6,12 @@ import torch
 from conftest import FAMILIES, tiny_model
 from pruning_hf import PruningConfig
 from pruning_hf.engine import prune_model, select_targets
-from pruning_hf.masks import check_nm, parse_pattern
-from pruning_hf.methods.base import weight_matrix
-from pruning_hf.methods.sparsegpt import inverse_hessian_factor, sparsegpt_prune
-from pruning_hf.methods.wanda import wanda_scores
-from pruning_hf.statistics import InputStatistics
+from pruning_hf.sparsity.masks import check_nm, parse_pattern
+from pruning_hf.models.architectures import weight_matrix
+from pruning_hf.methods.sparsegpt import sparsegpt_prune
+from pruning_hf.sparsity.hessian import inverse_hessian_factor
+from pruning_hf.sparsity.scores import wanda_scores
+from pruning_hf.sparsity.statistics import InputStatistics
 
 CASES = [
     ("magnitude", dict(sparsity=0.5)),
@@ -100,7 +101,7 @@ def test_sparsegpt_reconstructs_output_better_than_wanda_and_magnitude(pattern):
     stats = InputStatistics(64, hessian=True, device=torch.device("cpu"))
     stats.update(x)
     spec = parse_pattern(pattern)
-    from pruning_hf.masks import mask_from_scores
+    from pruning_hf.sparsity.masks import mask_from_scores
 
     def error(pruned):
         return torch.linalg.norm(x @ weight.t() - x @ pruned.t()).item()
@@ -128,7 +129,7 @@ def test_inverse_hessian_factor_raises_more_dampening_on_failure():
     hessian = torch.diag(torch.tensor([1.0, 1.0, 1.0, -2.5]))  # mean diag 0.125; PD only once damping > 2.5
     factor, used = inverse_hessian_factor(hessian, 0.01, retries=6)
     assert used > 0.01 and torch.isfinite(factor).all()
-    from pruning_hf.methods.sparsegpt import HessianError
+    from pruning_hf.sparsity.hessian import HessianError
 
     with pytest.raises(HessianError, match="not positive definite"):
         inverse_hessian_factor(hessian, 0.01, retries=1)
@@ -168,7 +169,7 @@ def test_wanda_is_sequential_masks_come_from_inputs_of_the_pruned_layers_below()
 
     (Like the Wanda reference, all statistics of one layer come from the layer before it is pruned, so
     gate/up/down and o_proj see that layer's dense attention; q/k/v see only layers below.)"""
-    from pruning_hf.masks import topk_mask
+    from pruning_hf.sparsity.masks import topk_mask
 
     dense = tiny_model("llama", layers=3)
     model = tiny_model("llama", layers=3)

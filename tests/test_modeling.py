@@ -8,8 +8,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from pruning_hf import AutoPrunedModel, PruningConfig
-from pruning_hf.modeling import ModelLoadError
-from pruning_hf.storage import OutputPathError
+from pruning_hf.hf.loading import ModelLoadError
+from pruning_hf.utils.storage import OutputPathError
 
 
 def config_for(text_file, **kwargs):
@@ -47,11 +47,11 @@ def test_reload_knows_its_config_and_does_not_prune_again(make_checkpoint, text_
     model = AutoPrunedModel.from_pretrained(make_checkpoint("llama"), pruning=config_for(text_file, method="wanda",
                                             pattern="unstructured", sparsity=0.3), progress=False)
     model.save_pretrained(tmp_path / "out")
-    import pruning_hf.engine
+    import pruning_hf.hf.pruning
 
     def fail(*args, **kwargs):
         raise AssertionError("reloading must not prune")
-    monkeypatch.setattr(pruning_hf.engine, "prune_model", fail)
+    monkeypatch.setattr(pruning_hf.hf.pruning, "prune_model", fail)
     reloaded = AutoPrunedModel.from_pretrained(tmp_path / "out")
     assert reloaded.pruning_config == model.pruning_config
     assert reloaded.pruning_report.sparsity == pytest.approx(model.pruning_report.sparsity)
@@ -119,7 +119,7 @@ def test_bad_model_paths_raise_clear_errors(tmp_path, setup, message):
 def test_non_causal_architectures_are_refused(tmp_path, tokenizer, text_file):
     from transformers import BertConfig, BertLMHeadModel, T5Config
 
-    from pruning_hf.architectures import UnsupportedModelError
+    from pruning_hf.models.architectures import UnsupportedModelError
 
     T5Config(vocab_size=50, d_model=16, num_layers=1, num_heads=2, d_ff=32).save_pretrained(tmp_path / "t5")
     with pytest.raises(ModelLoadError, match="model_type='t5', which is not a decoder-only causal LM"):
@@ -151,11 +151,31 @@ def test_truncated_safetensors_is_reported(make_checkpoint):
 
 
 def test_bad_calibration_source_fails_before_the_model_loads(make_checkpoint, tmp_path, monkeypatch):
-    import pruning_hf.modeling
+    import transformers
 
-    monkeypatch.setattr(pruning_hf.modeling, "load_model", lambda *a, **k: pytest.fail("model was loaded"))
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", lambda *a, **k: pytest.fail("model was loaded"))
     cfg = PruningConfig(method="wanda", sparsity=0.5, calibration={"source": str(tmp_path / "missing.txt")})
-    from pruning_hf.calibration import DataSourceError
+    from pruning_hf.data.text import DataSourceError
 
     with pytest.raises(DataSourceError, match="does not exist"):
         AutoPrunedModel.from_pretrained(make_checkpoint("opt"), pruning=cfg)
+
+
+def test_preflight_reads_the_config_of_the_revision_and_with_the_token_it_loads(make_checkpoint, monkeypatch):
+    """Calibration windows are sized from the config of the revision being loaded, read with the same token."""
+    import transformers
+
+    from pruning_hf.hf.loading import preflight
+
+    calls = []
+    original = transformers.AutoConfig.from_pretrained
+
+    def record(name, **kwargs):
+        calls.append(kwargs)
+        return original(name, trust_remote_code=kwargs.get("trust_remote_code", False))
+
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", record)
+    cfg = PruningConfig(method="wanda", sparsity=0.5, calibration={"num_samples": 2, "seq_len": 32})
+    ready = preflight(make_checkpoint("llama"), hf_kwargs={"revision": "v2", "token": "hf_test"}, pruning=cfg)
+    assert ready.windows.shape == (2, 32)
+    assert calls and all(call.get("revision") == "v2" and call.get("token") == "hf_test" for call in calls)

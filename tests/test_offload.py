@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM
 
 from conftest import tiny_model
 from pruning_hf import PruningConfig
-from pruning_hf.devices import is_offloaded, onloaded, write_weight
+from pruning_hf.models.devices import is_offloaded, onloaded, write_weight
 from pruning_hf.engine import prune_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,7 +92,7 @@ def test_onloaded_loads_a_layer_once_and_write_weight_reaches_the_disk_copy(tmp_
 
 
 def test_activation_storage_disk_keeps_files_only_for_the_current_layer(tmp_path):
-    from pruning_hf.engine import CapturedInputs
+    from pruning_hf.engine.capture import CapturedInputs
 
     captured = CapturedInputs(num_layers=2, storage="disk")
     first = [captured.store(torch.full((1, 2, 4), float(i))) for i in range(3)]

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from pruning_hf import PruningConfig, prune
-from pruning_hf.calibration import load_texts, tokenize_texts
+from pruning_hf.data.text import load_texts, tokenize_texts
 from pruning_hf.evaluation import perplexity
-from pruning_hf.modeling import load_model, load_tokenizer
+from pruning_hf.hf.loading import load_model, load_tokenizer
 
 pytestmark = pytest.mark.slow
 

@@ -14,11 +14,11 @@ import pytest
 import torch
 from conftest import tiny_model
 
-import pruning_hf.engine
+import pruning_hf.engine.loop
 from pruning_hf import PruningConfig
-from pruning_hf.calibration import calibration_windows
+from pruning_hf.data.text import calibration_windows
 from pruning_hf.engine import prune_model
-from pruning_hf.resume import MANIFEST, ResumeError
+from pruning_hf.engine.resume import MANIFEST, ResumeError
 
 LAYERS = 4
 
@@ -40,7 +40,7 @@ def _weights(model) -> dict[str, torch.Tensor]:
 
 def _interrupt_at(monkeypatch, layer: int) -> list[int]:
     """Make pruning fail when it reaches decoder layer ``layer``; returns the list of layers pruned."""
-    original, pruned = pruning_hf.engine._prune_targets, []
+    original, pruned = pruning_hf.engine.loop._prune_targets, []
 
     def prune_targets(method, index, *args, **kwargs):
         if index == layer:
@@ -48,7 +48,7 @@ def _interrupt_at(monkeypatch, layer: int) -> list[int]:
         pruned.append(index)
         return original(method, index, *args, **kwargs)
 
-    monkeypatch.setattr(pruning_hf.engine, "_prune_targets", prune_targets)
+    monkeypatch.setattr(pruning_hf.engine.loop, "_prune_targets", prune_targets)
     return pruned
 
 
@@ -108,7 +108,7 @@ def test_a_folder_of_another_run_is_refused(windows, tmp_path, monkeypatch):
 
 _SLOW_CLI = """
 import sys, time
-import pruning_hf.engine as engine
+import pruning_hf.engine.loop as engine
 from pruning_hf.cli import main
 original = engine._prune_targets
 def slow(*args, **kwargs):

@@ -10,9 +10,9 @@ import torch
 from conftest import byte_tokenizer, tiny_config, tiny_model
 
 from pruning_hf import PruningConfig, prune
-from pruning_hf.architectures import decoder_layers, get_architecture
+from pruning_hf.models.architectures import decoder_layers, get_architecture
 from pruning_hf.methods.structured import adaptive_removals, head_units, units_to_keep
-from pruning_hf.shrink import attention_linears, check_kv_grouping, mlp_linears
+from pruning_hf.models.shrink import attention_linears, check_kv_grouping, mlp_linears
 
 FAMILIES = ("opt", "llama", "gemma3")
 CALIBRATION = {"source": "embedded", "num_samples": 4, "seq_len": 32, "batch_size": 4}
@@ -27,7 +27,7 @@ def structured(**kwargs) -> PruningConfig:
 @functools.cache
 def calibration_tokens() -> torch.Tensor:
     """The calibration windows of CALIBRATION, tokenized once per session (the byte tokenizer is slow)."""
-    from pruning_hf.calibration import calibration_windows
+    from pruning_hf.data.text import calibration_windows
 
     return calibration_windows(PruningConfig(method="wanda", sparsity=0.5, calibration=CALIBRATION).calibration,
                                byte_tokenizer())
@@ -206,7 +206,7 @@ def test_adaptive_allocation_gives_per_layer_widths():
 
 def test_fluctuation_compensation_keeps_the_mean_mlp_output():
     """FLAP's bias compensation: the pruned MLP's mean output over calibration tokens equals the dense one."""
-    from pruning_hf.calibration import calibration_windows
+    from pruning_hf.data.text import calibration_windows
 
     tokenizer = byte_tokenizer()
     for family in ("opt", "llama"):

@@ -16,7 +16,7 @@ from test_structured import CALIBRATION, IDS, mqa_gemma, pruned, structured
 from transformers import AutoModelForCausalLM
 
 from pruning_hf import AutoPrunedModel, PruningConfig
-from pruning_hf.hf_integration import QUANT_METHOD, PruningHfConfig, apply_layer_shapes
+from pruning_hf.hf.quantizer import QUANT_METHOD, PruningHfConfig, apply_layer_shapes
 
 
 def save_and_reload(model, folder: Path):

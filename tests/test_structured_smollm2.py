@@ -7,9 +7,9 @@ import copy
 import pytest
 
 from pruning_hf import PruningConfig, prune
-from pruning_hf.calibration import calibration_windows
+from pruning_hf.data.text import calibration_windows
 from pruning_hf.evaluation import text_perplexity
-from pruning_hf.modeling import load_model, load_tokenizer
+from pruning_hf.hf.loading import load_model, load_tokenizer
 
 pytestmark = pytest.mark.slow
 CALIBRATION = {"source": "embedded", "num_samples": 16, "seq_len": 256, "batch_size": 8}

@@ -8,27 +8,28 @@ import math
 
 import pytest
 
-import pruning_hf.measurements as measurements
+import pruning_hf.workflows.sweep as sweep_module
 from pruning_hf import sweep
 from pruning_hf.cli import main
-from pruning_hf.sweep import Budget, SweepError, pareto_front, parse_levels
+from pruning_hf.evaluation.session import EvaluationSession
+from pruning_hf.workflows.pareto import Budget, SweepError, pareto_front, parse_levels, recommend
 
 MEASURED = ("perplexity", "ppl_increase", "sparsity", "size_ratio", "params_nonzero", "params_total", "weight_bytes",
             "prefill_ms", "decode_tokens_per_s", "energy_kwh", "emissions_g", "energy_wh_per_1k_tokens",
             "pruning_seconds", "pruning_energy_kwh", "pruning_emissions_g")
 SMALL = {"calibration": {"num_samples": 4, "seq_len": 64},
-         "evaluation": {"seq_len": 64, "max_windows": 4, "repeats": 1, "decode_tokens": 4}}
+         "evaluation": {"seq_len": 64, "max_windows": 4, "repeats": 1, "new_tokens": 4}}
 
 
-def _count_calls(monkeypatch, name: str) -> list:
+def _count_calls(monkeypatch, owner, name: str) -> list:
     calls = []
-    original = getattr(measurements, name)
+    original = getattr(owner, name)
 
     def counted(*args, **kwargs):
         calls.append(1)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(measurements, name, counted)
+    monkeypatch.setattr(owner, name, counted)
     return calls
 
 
@@ -63,8 +64,8 @@ def test_cli_sweep_three_points_table_plots_then_budgeted_rerun_skips_done_point
     # A budget between the measured increases: rerun re-ranks without pruning or measuring anything.
     increases = sorted(r["ppl_increase"] for r in state["points"].values())
     limit = (increases[0] + increases[1]) / 2
-    pruned = _count_calls(monkeypatch, "prune_measured")
-    measured = _count_calls(monkeypatch, "measure_model")
+    pruned = _count_calls(monkeypatch, sweep_module, "prune")
+    measured = _count_calls(monkeypatch, EvaluationSession, "add")
     result = sweep(str(model), ["wanda"], [0.2, 0.6], ["unstructured", "2:4"], budget=f"ppl_increase<={limit}",
                    calibration=SMALL["calibration"], evaluation={"seq_len": 64, "max_windows": 4}, output=out,
                    hf_kwargs={"dtype": "auto", "trust_remote_code": False}, progress=False)
@@ -80,7 +81,7 @@ def test_interrupted_sweep_resumes_and_unreachable_budget_names_the_closest_poin
                                                                                   monkeypatch):
     model = str(make_checkpoint("opt"))
     out = tmp_path / "sweep"
-    original = measurements.prune_measured
+    original = sweep_module.prune
     calls = []
 
     def interrupt_second(*args, **kwargs):
@@ -89,13 +90,13 @@ def test_interrupted_sweep_resumes_and_unreachable_budget_names_the_closest_poin
             raise KeyboardInterrupt
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(measurements, "prune_measured", interrupt_second)
+    monkeypatch.setattr(sweep_module, "prune", interrupt_second)
     common = dict(methods=["magnitude"], sparsities="0.2,0.4,...,0.6", output=out, progress=False,
                   evaluation={**SMALL["evaluation"], "efficiency": False, "energy": False})
     with pytest.raises(KeyboardInterrupt):
         sweep(model, **common)
     assert len(json.loads((out / "sweep.json").read_text())["points"]) == 1
-    monkeypatch.setattr(measurements, "prune_measured", original)
+    monkeypatch.setattr(sweep_module, "prune", original)
     result = sweep(model, **common, budget="ppl_increase<=-50%")
     assert (result.measured, result.reused) == (2, 1)
     assert result.recommendation["key"] is None and "no point meets the budget" in result.recommendation["reason"]
@@ -105,8 +106,6 @@ def test_interrupted_sweep_resumes_and_unreachable_budget_names_the_closest_poin
 
 
 def test_objectives_use_their_metric_and_ties_break_on_quality():
-    from pruning_hf.sweep import _recommend
-
     dense = {"perplexity": 10.0, "params_nonzero": 100, "prefill_ms": 10.0, "energy_wh_per_1k_tokens": 1.0}
     rows = [{"key": "a", "label": "a", "pattern": "unstructured", "perplexity": 10.5, "params_nonzero": 50,
              "prefill_ms": 9.0, "energy_wh_per_1k_tokens": 0.5, "ppl_increase": 0.05},
@@ -115,12 +114,12 @@ def test_objectives_use_their_metric_and_ties_break_on_quality():
             {"key": "c", "label": "c", "pattern": "unstructured", "perplexity": 14.0, "params_nonzero": 30,
              "prefill_ms": 5.0, "energy_wh_per_1k_tokens": 0.1, "ppl_increase": 0.40}]
     budget = Budget.parse("ppl_increase<=10%", ["ppl_increase"])
-    assert _recommend(rows, dense, budget, "smallest")["key"] == "b"  # a and b tie on size; b has lower ppl
-    assert _recommend(rows, dense, budget, "fastest")["key"] == "b"
-    assert _recommend(rows, dense, budget, "lowest-energy")["key"] == "a"
-    assert _recommend(rows, dense, Budget(), "smallest")["key"] == "c"
+    assert recommend(rows, dense, budget, "smallest")["key"] == "b"  # a and b tie on size; b has lower ppl
+    assert recommend(rows, dense, budget, "fastest")["key"] == "b"
+    assert recommend(rows, dense, budget, "lowest-energy")["key"] == "a"
+    assert recommend(rows, dense, Budget(), "smallest")["key"] == "c"
     relative = Budget.parse("prefill_ms<=0.85x", ["prefill_ms"])
-    assert _recommend(rows, dense, relative, "smallest")["key"] == "c"
+    assert recommend(rows, dense, relative, "smallest")["key"] == "c"
     assert [r["key"] for r in pareto_front(rows, "params_nonzero")] == ["c", "b"]
 
 

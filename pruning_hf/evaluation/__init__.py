@@ -1,28 +1,20 @@
-"""Measuring pruned models: quality, efficiency, energy, and dense-vs-pruned reports.
+"""Measuring models, never pruning or loading them: quality, efficiency, energy, and the report.
+
+* :class:`EvaluationConfig` (:mod:`.settings`): the one settings class of every evaluation;
+* :class:`EvaluationSession` / :func:`evaluate_model` (:mod:`.session`): measure in-memory models on
+  identical data;
+* :class:`EvaluationReport` (:mod:`.report`): the one result schema (JSON, markdown, flat metrics).
 
 Quality metrics are `evaluate` modules shipped in ``metrics/`` and loaded by path
-(:func:`load_metric`), so no Hub access is needed; they delegate to :mod:`.perplexity` and
-:mod:`.loglikelihood`.
+(:func:`load_metric`), so no Hub access is needed.
 """
 
-from __future__ import annotations
-
-from functools import lru_cache
-from pathlib import Path
-
+from .energy import EnergyTracker
+from .modules import load_metric
 from .perplexity import perplexity, text_perplexity
+from .report import EvaluationReport
+from .session import EvaluationData, EvaluationSession, evaluate_model, prepare_evaluation
+from .settings import EvaluationConfig
 
-__all__ = ["perplexity", "text_perplexity", "load_metric", "METRICS"]
-
-METRICS_DIR = Path(__file__).parent / "metrics"
-METRICS = ("perplexity", "multiple_choice", "last_word")
-
-
-@lru_cache(maxsize=None)
-def load_metric(name: str):
-    """The shipped `evaluate` module ``name`` (one of :data:`METRICS`), loaded by path, in memory."""
-    import evaluate
-
-    if name not in METRICS:
-        raise ValueError(f"unknown metric {name!r}; shipped metrics: {', '.join(METRICS)}")
-    return evaluate.load(str(METRICS_DIR / name / f"{name}.py"), keep_in_memory=True)
+__all__ = ["EvaluationConfig", "EvaluationReport", "EvaluationSession", "EvaluationData", "evaluate_model",
+           "prepare_evaluation", "EnergyTracker", "perplexity", "text_perplexity", "load_metric"]

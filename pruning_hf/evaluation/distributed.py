@@ -1,6 +1,6 @@
 """Data-parallel evaluation with accelerate: every process takes a contiguous share of the work.
 
-    accelerate launch --num_processes 4 -m pruning_hf.evaluation.distributed MODEL \\
+    accelerate launch --num_processes 4 -m pruning_hf.cli.distributed MODEL \\
         --text embedded@test --seq-len 2048 [--json result.json]
 
 Each process loads the model on its own device (``PartialState().device``: one GPU each; on a
@@ -15,17 +15,14 @@ Other evaluations parallelise the same way: ``map_in_order(score_one_example, ex
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 from typing import Any, Callable, Sequence
 
 import torch
 
-from ..calibration import consecutive_windows, load_texts, tokenize_texts
+from ..data.text import consecutive_windows, load_texts, tokenize_texts
 from .perplexity import window_nll
 
-__all__ = ["map_in_order", "distributed_window_nll", "distributed_perplexity", "main"]
+__all__ = ["map_in_order", "distributed_window_nll", "distributed_perplexity"]
 
 
 def map_in_order(function: Callable[[Any], Any], items: Sequence, state=None) -> list:
@@ -70,47 +67,3 @@ def distributed_perplexity(model, tokens: torch.Tensor, seq_len: int, max_window
     nll, count = distributed_window_nll(model, windows, batch_size, state)
     return {"perplexity": float(torch.tensor(nll / count).exp()), "nll": nll / count,
             "tokens": count, "windows": len(windows), "seq_len": seq_len, "processes": state.num_processes}
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="accelerate launch -m pruning_hf.evaluation.distributed",
-        description="Data-parallel perplexity of a causal LM (run under `accelerate launch`, or alone).")
-    parser.add_argument("model", help="checkpoint folder, Hub id or embedded:NAME (compressed checkpoints work)")
-    parser.add_argument("--text", default="embedded@test", help="text source (see pruning_hf.calibration)")
-    parser.add_argument("--seq-len", type=int, default=512)
-    parser.add_argument("--max-windows", type=int, default=None)
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16")
-    parser.add_argument("--json", default=None, help="also write the result to this file (main process)")
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    from accelerate import PartialState
-
-    from ..modeling import ModelLoadError, load_model, load_tokenizer, resolve_name
-
-    args = _parser().parse_args(argv)
-    state = PartialState(cpu=not torch.cuda.is_available())  # several CPU processes talk over gloo
-    try:
-        texts = load_texts(args.text)
-        name = resolve_name(args.model)
-        tokenizer = load_tokenizer(name)
-        model = load_model(name, dtype=args.dtype).to(state.device)
-        result = distributed_perplexity(model, tokenize_texts(texts, tokenizer), args.seq_len, args.max_windows,
-                                        args.batch_size, state=state)
-    except (ValueError, ModelLoadError, FileNotFoundError) as err:
-        print(f"pruning_hf.evaluation.distributed: error: {err}", file=sys.stderr)
-        return 2
-    result["source"] = args.text
-    if state.is_main_process:
-        print(json.dumps(result))
-        if args.json:
-            with open(args.json, "w") as handle:
-                json.dump(result, handle, indent=2)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -11,11 +11,12 @@ slow spells hit all of them alike and their ratios stay fair:
 
 Memory: ``peak_rss_bytes`` is the process's peak resident memory during the model's warm-up runs
 (Linux: the high-water mark is reset first; elsewhere it is the peak since process start, and says so);
-it includes every model the process holds, so compare ``weights_bytes`` between models.
+it includes every model the process holds, so compare the models' weight bytes instead.
 ``peak_gpu_bytes`` is ``torch.cuda.max_memory_allocated`` during the runs.
 
-Size: parameters (total, non-zero), ``weights_bytes`` in memory, ``checkpoint_bytes`` = the
-safetensors files ``save_pretrained`` writes (zeros are stored as zeros in a dense checkpoint).
+Size: :func:`parameter_counts` (total, non-zero, bytes in memory; every evaluation reports them),
+``checkpoint_bytes`` = the safetensors files ``save_pretrained`` writes (zeros are stored as zeros in
+a dense checkpoint).
 
 FLOPs per token (multiply-add = 2 FLOPs), from the actual Linear shapes (so structurally shrunk
 layers count less): ``linear`` = 2 x weights of every Linear incl. the LM head; ``attention`` =
@@ -25,8 +26,6 @@ layers count less): ``linear`` = 2 x weights of every Linear incl. the LM head; 
 
 from __future__ import annotations
 
-import re
-import resource
 import statistics
 import tempfile
 import time
@@ -38,8 +37,9 @@ from typing import Callable, Hashable, Iterator, Mapping
 import torch
 from torch import nn
 
-from ..architectures import UnsupportedModelError, decoder_layers, get_architecture, linear_modules
-from ..devices import execution_device, onloaded
+from ..models.architectures import UnsupportedModelError, decoder_layers, get_architecture, linear_modules
+from ..models.devices import execution_device, onloaded
+from ..utils.memory import reset_gpu_peak, reset_rss_peak, rss_peak_bytes
 from .generation import greedy_generate, synthetic_prompts
 
 __all__ = ["parameter_counts", "flops_per_token", "checkpoint_bytes", "interleaved_medians", "peak_memory",
@@ -124,33 +124,16 @@ def interleaved_medians(workloads: Mapping[Hashable, Callable[[], object]], repe
     return {key: statistics.median(values) for key, values in times.items()}
 
 
-def _reset_rss_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as handle:
-            handle.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _rss_peak_bytes() -> int:
-    try:
-        status = Path("/proc/self/status").read_text()
-        return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) * 1024
-    except (OSError, AttributeError):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux units (KiB)
-
-
 @contextmanager
 def peak_memory(device: torch.device) -> Iterator[dict]:
     """Yield a dict filled on exit with ``peak_rss_bytes``, ``rss_peak_reset`` and ``peak_gpu_bytes``."""
-    result: dict = {"rss_peak_reset": _reset_rss_peak(), "peak_gpu_bytes": None}
+    result: dict = {"rss_peak_reset": reset_rss_peak(), "peak_gpu_bytes": None}
     if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+        reset_gpu_peak(device)
     try:
         yield result
     finally:
-        result["peak_rss_bytes"] = _rss_peak_bytes()
+        result["peak_rss_bytes"] = rss_peak_bytes()
         if device.type == "cuda":
             result["peak_gpu_bytes"] = int(torch.cuda.max_memory_allocated(device))
 
@@ -188,10 +171,8 @@ def measure_efficiencies(models: Mapping[str, nn.Module], *, prefill_batch: int 
                 for fn in own.values():
                     fn()
         workloads.update({(name, key): fn for key, fn in own.items()})
-        params = parameter_counts(model)
         results[name] = {
             "device": str(device), "threads": torch.get_num_threads(), "warmup": warmup, "repeats": repeats,
-            "parameters": {"total": params["total"], "nonzero": params["nonzero"]}, "weights_bytes": params["bytes"],
             "checkpoint_bytes": checkpoint_bytes(model) if disk else None,
             "flops_per_token": flops_per_token(model, flops_seq_len or prefill_seq_len), "memory": memory,
             "timed_with": [other for other in models if other != name],

@@ -11,7 +11,7 @@ from typing import Sequence
 
 import torch
 
-from ..devices import execution_device
+from ..models.devices import execution_device
 
 __all__ = ["DEFAULT_PROMPTS", "greedy_generate", "greedy_samples", "synthetic_prompts"]
 

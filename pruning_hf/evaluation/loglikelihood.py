@@ -22,21 +22,13 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..devices import execution_device
+from ..models.architectures import context_length
+from ..models.devices import execution_device
 
 __all__ = ["encode_pair", "continuation_scores", "multiple_choice_accuracy", "last_word_accuracy",
-           "split_last_word", "context_length", "DELIMITER"]
+           "split_last_word", "DELIMITER"]
 
 DELIMITER = " "
-
-
-def context_length(config) -> int | None:
-    """Longest sequence the model's positions allow (``None`` if the config does not say)."""
-    for key in ("max_position_embeddings", "n_positions", "n_ctx", "seq_length"):
-        value = getattr(config, key, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
 
 
 def _encode(tokenizer, text: str) -> list[int]:

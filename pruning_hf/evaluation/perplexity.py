@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..calibration import consecutive_windows, load_texts, tokenize_texts
-from ..devices import execution_device
+from ..data.text import consecutive_windows, load_texts, tokenize_texts
+from ..models.devices import execution_device
 
 __all__ = ["window_nll", "perplexity", "text_perplexity"]
 

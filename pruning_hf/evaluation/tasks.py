@@ -257,7 +257,7 @@ def task_names(specs: str | list[str] | None) -> list[str]:
 
 def run_task(model, tokenizer, task: Task, batch_size: int = 8, progress: bool = False) -> dict:
     """Score ``task`` with the shipped ``evaluate`` metric of its kind: ``{"acc", ...}``."""
-    from . import load_metric
+    from .modules import load_metric
 
     common = {"model": model, "tokenizer": tokenizer, "batch_size": batch_size, "progress": progress}
     if task.kind == LAST_WORD:

@@ -28,3 +28,8 @@ def get_method(name: str) -> type[PruningMethod]:
 
 def available_methods() -> list[str]:
     return list(METHODS)
+
+
+def option_owners(option: str) -> list[str]:
+    """The registered methods that take ``option`` (for error messages)."""
+    return [name for name, method in METHODS.items() if option in method.option_names()]

@@ -2,21 +2,26 @@
 
 A method is one class in one file of this package, registered by name in ``methods/__init__.py``.
 Methods never load models or data: the engine hands them a decoder layer's target Linear modules and
-the input statistics it collected for them, and writes back the weights they return.
+the input statistics it collected for them (what the method declares in ``statistics``), and writes
+back the weights they return. A method declares what the engine must do for it through class
+attributes (``statistics``, ``resumable``, ``changes_shapes``); the engine never asks which method it runs.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from ..statistics import InputStatistics
+from ..models.architectures import weight_matrix
+from ..sparsity.refinement import refine_layer
+from ..sparsity.statistics import InputStatistics, StatisticsSpec
 
-__all__ = ["NoOptions", "PruningMethod", "WeightPruner", "weight_matrix"]
+__all__ = ["NoOptions", "LayerUpdate", "PruningMethod", "WeightPruner"]
 
 
 @dataclass
@@ -24,10 +29,18 @@ class NoOptions:
     """The method takes no options."""
 
 
-def weight_matrix(module: nn.Module) -> torch.Tensor:
-    """The module's weight as an ``(out_features, in_features)`` view (GPT-2's Conv1D stores it transposed)."""
-    weight = module.weight
-    return weight if isinstance(module, nn.Linear) else weight.t()
+@dataclass
+class LayerUpdate:
+    """What a method did to one decoder layer.
+
+    ``weights``: ``{name: new (out, in) fp32 weight}`` for the engine to write back (empty when the
+    method changed the modules itself, as structured pruning does); ``linears``: per-Linear details for
+    the report (refinement errors, swaps); ``refine_seconds``: time spent refining.
+    """
+
+    weights: dict[str, torch.Tensor] = field(default_factory=dict)
+    linears: dict[str, dict[str, float]] = field(default_factory=dict)
+    refine_seconds: float = 0.0
 
 
 class PruningMethod:
@@ -37,15 +50,23 @@ class PruningMethod:
     Options: ClassVar[type] = NoOptions
     #: values allowed for ``PruningConfig.scope``; the first is the default. Empty: scope not used.
     scopes: ClassVar[tuple[str, ...]] = ()
-    #: input statistics the engine collects per target Linear: None, "norms" or "hessian".
-    statistics: ClassVar[str | None] = None
+    #: input statistics the engine collects per target Linear (None: the method reads no calibration data)
+    statistics: ClassVar[StatisticsSpec | None] = None
     #: values allowed for ``PruningConfig.allocation`` (how sparsity is spread over layers)
     allocations: ClassVar[tuple[str, ...]] = ("uniform",)
     #: whether ``PruningConfig.refine`` (mask refinement after each Linear) applies
     refinable: ClassVar[bool] = False
+    #: whether a run can continue from per-layer checkpoints (the method only rewrites weights, layer by layer)
+    resumable: ClassVar[bool] = False
+    #: whether layers get smaller or fewer (the model's config must then be told their shapes)
+    changes_shapes: ClassVar[bool] = False
+    #: keywords of a small valid config of this method (``PruningConfig(method=name, **example)``): the
+    #: registry contract tests prune a tiny model with it, so a new method is tested without a new test
+    example: ClassVar[dict[str, Any]] = {"sparsity": 0.5}
 
-    def __init__(self, config) -> None:
+    def __init__(self, config, progress: bool = False) -> None:
         self.config = config
+        self.progress = progress  # inner progress bars (refinement per Linear)
         self.options = config.options
         self.pattern = config.pattern_spec
         #: per-decoder-layer sparsity set by the engine for non-uniform allocations (None: uniform)
@@ -53,18 +74,16 @@ class PruningMethod:
 
     # --- configuration --------------------------------------------------------------------------
     @classmethod
+    def option_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls.Options)]
+
+    @classmethod
     def make_options(cls, values: dict[str, Any]):
         """Build the method's Options dataclass, rejecting options it does not take."""
-        known = {f.name for f in dataclasses.fields(cls.Options)}
-        for key in values:
-            if key not in known:
-                from . import METHODS
-
-                owners = sorted(name for name, other in METHODS.items()
-                                if key in {f.name for f in dataclasses.fields(other.Options)})
-                takes = f"it takes: {sorted(known)}" if known else "it takes no options"
-                belongs = f"; {key!r} is an option of: {', '.join(owners)}" if owners else ""
-                raise ValueError(f"unknown option {key!r} for method {cls.name!r} ({takes}){belongs}")
+        unknown = sorted(set(values) - set(cls.option_names()))
+        if unknown:
+            takes = f"it takes: {cls.option_names()}" if cls.option_names() else "it takes no options"
+            raise ValueError(f"unknown option {unknown[0]!r} for method {cls.name!r} ({takes})")
         return cls.Options(**values)
 
     @classmethod
@@ -96,6 +115,19 @@ class PruningMethod:
     def needs_calibration(cls, config) -> bool:
         return cls.statistics is not None
 
+    def input_statistics(self) -> StatisticsSpec | None:
+        """What the engine collects for each target Linear of a layer before :meth:`prune_layer`
+        (refinement needs ``X^T X`` whatever the method reads)."""
+        spec = self.statistics
+        if self.config.refine:
+            return StatisticsSpec(hessian=True)
+        return spec
+
+    @property
+    def inspects_all_weights(self) -> bool:
+        """Whether :meth:`prepare` must see every target's weights before the layer loop (costly offloaded)."""
+        return False
+
     @classmethod
     def describe(cls, config) -> str:
         """One line for logs and reports, e.g. ``wanda 50% unstructured (row)``."""
@@ -108,7 +140,7 @@ class PruningMethod:
         """Optional look at the whole model before calibration (structured methods find layers, check sizes)."""
 
     def prepare(self, targets: dict[str, nn.Module]) -> None:
-        """Optional look at every target before the layer loop (e.g. a global threshold)."""
+        """Look at every target before the layer loop, when :attr:`inspects_all_weights` (a global threshold)."""
 
     def observe_layer(self, layer_index: int, inputs: list[torch.Tensor], outputs: list[torch.Tensor]) -> None:
         """Optional look at a layer's calibration inputs and its (pruned) outputs, ``(batch, seq, hidden)`` each."""
@@ -116,13 +148,13 @@ class PruningMethod:
     def finalize(self, model: nn.Module) -> dict[str, Any]:
         """Optional last step after the layer loop (drop layers, global allocation, config update).
 
-        Returns details for the :class:`~pruning_hf.engine.PruningReport` (e.g. which layers were removed).
+        Returns details for the :class:`~pruning_hf.engine.report.PruningReport` (e.g. which layers were removed).
         """
         return {}
 
     def prune_layer(self, layer_index: int, targets: dict[str, nn.Module],
-                    stats: dict[str, InputStatistics]) -> dict[str, torch.Tensor]:
-        """Prune one decoder layer. Return ``{name: new (out, in) weight}`` for the engine to write."""
+                    stats: dict[str, InputStatistics]) -> LayerUpdate:
+        """Prune one decoder layer (its target Linears are on their compute device)."""
         raise NotImplementedError
 
     def sparsity_for(self, layer_index: int, name: str) -> float:
@@ -133,18 +165,29 @@ class PruningMethod:
 
 
 class WeightPruner(PruningMethod):
-    """A method that prunes each target Linear on its own (magnitude, Wanda, SparseGPT)."""
+    """A method that zeroes weights of each target Linear (magnitude, Wanda, SparseGPT), then refines
+    the masks when ``config.refine``."""
 
     allocations = ("uniform", "owl", "global")
     refinable = True
+    resumable = True
 
-    def prune_layer(self, layer_index, targets, stats):
-        new_weights = {}
-        for name, module in targets.items():
-            weight = weight_matrix(module).detach().float()
-            new_weights[name] = self.prune_weight(
-                name, weight, stats.get(name), self.sparsity_for(layer_index, name))
-        return new_weights
+    def prune_layer(self, layer_index, targets, stats) -> LayerUpdate:
+        dense = {n: weight_matrix(m).detach().float().clone() for n, m in targets.items()} if self.config.refine else {}
+        update = LayerUpdate(self.prune_weights(layer_index, targets, stats))
+        if self.config.refine:
+            start = time.perf_counter()
+            update.weights, update.linears = refine_layer(dense, update.weights, stats, self.pattern,
+                                                          self.config.refine_iterations, self.progress)
+            update.refine_seconds = time.perf_counter() - start
+        return update
+
+    def prune_weights(self, layer_index: int, targets: dict[str, nn.Module],
+                      stats: dict[str, InputStatistics]) -> dict[str, torch.Tensor]:
+        """``{name: pruned (out, in) fp32 weight}``: each target on its own by default."""
+        return {name: self.prune_weight(name, weight_matrix(module).detach().float(), stats.get(name),
+                                        self.sparsity_for(layer_index, name))
+                for name, module in targets.items()}
 
     def prune_weight(self, name: str, weight: torch.Tensor, stats: InputStatistics | None,
                      sparsity: float) -> torch.Tensor:

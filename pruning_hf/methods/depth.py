@@ -14,10 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..architectures import decoder_layers, get_architecture
-from ..config import check_int
-from ..shrink import drop_layers
-from .base import PruningMethod
+from ..models.architectures import decoder_layers, get_architecture
+from ..models.shrink import drop_layers
+from ..utils.checks import check_int
+from .base import LayerUpdate, PruningMethod
 
 __all__ = ["DepthOptions", "DepthPruner", "block_influence"]
 
@@ -42,6 +42,8 @@ class DepthPruner(PruningMethod):
 
     name = "depth"
     Options = DepthOptions
+    changes_shapes = True
+    example = {"num_layers": 1}
 
     @classmethod
     def validate_config(cls, config) -> None:
@@ -78,13 +80,10 @@ class DepthPruner(PruningMethod):
             self.token_counts[layer_index] += cosine.numel()
 
     def prune_layer(self, layer_index, targets, stats):
-        return {}
+        return LayerUpdate()
 
     def finalize(self, model: nn.Module) -> dict:
-        from ..hf_integration import store_layer_shapes
-
         influence = block_influence(self.cosine_sums, self.token_counts)
         removed = sorted(influence.argsort()[: self.options.num_layers].tolist())
         drop_layers(model, self.spec, [i for i in range(len(influence)) if i not in removed])
-        store_layer_shapes(model)  # per-layer widths of earlier structured pruning are renumbered
         return {"removed_layers": removed, "block_influence": [round(v, 6) for v in influence.tolist()]}

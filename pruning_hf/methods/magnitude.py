@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from ..masks import expand_blocks, global_threshold, mask_from_scores, threshold_mask, unit_scores
-from .base import WeightPruner, weight_matrix
+from ..models.architectures import weight_matrix
+from ..sparsity.masks import expand_blocks, global_threshold, mask_from_scores, pattern_unit_scores, threshold_mask
+from .base import WeightPruner
 
 __all__ = ["MagnitudePruner"]
 
@@ -20,20 +21,24 @@ class MagnitudePruner(WeightPruner):
     name = "magnitude"
     scopes = ("layer", "row", "global")
 
-    def __init__(self, config) -> None:
-        super().__init__(config)
+    def __init__(self, config, progress: bool = False) -> None:
+        super().__init__(config, progress)
         self.threshold: float | None = None
 
+    @property
+    def inspects_all_weights(self) -> bool:
+        return self.config.scope == "global" and not self.pattern.is_nm
+
     def prepare(self, targets) -> None:
-        if self.config.scope == "global" and not self.pattern.is_nm:
-            scores = [unit_scores(weight_matrix(module).detach().abs().float(), self.pattern)
+        if self.inspects_all_weights:
+            scores = [pattern_unit_scores(weight_matrix(module).detach().abs().float(), self.pattern)
                       for module in targets.values()]
             self.threshold = global_threshold(scores, self.config.sparsity)
 
     def prune_weight(self, name, weight, stats, sparsity) -> torch.Tensor:
         scores = weight.abs()
         if self.threshold is not None:
-            keep = threshold_mask(unit_scores(scores, self.pattern), self.threshold)
+            keep = threshold_mask(pattern_unit_scores(scores, self.pattern), self.threshold)
             if self.pattern.is_block:
                 keep = expand_blocks(keep, self.pattern.rows, self.pattern.cols)
         else:

@@ -11,15 +11,14 @@ from typing import Sequence
 
 import torch
 
-from ..config import check_int, check_number
-from ..masks import Pattern, mask_from_scores, nm_mask
-from .base import WeightPruner, weight_matrix
+from ..models.architectures import weight_matrix
+from ..sparsity.hessian import inverse_hessian_factor
+from ..sparsity.masks import Pattern, mask_from_scores, nm_mask
+from ..sparsity.statistics import StatisticsSpec
+from ..utils.checks import check_int, check_number
+from .base import WeightPruner
 
-__all__ = ["SparseGPTOptions", "SparseGPTPruner", "inverse_hessian_factor", "sparsegpt_prune"]
-
-
-class HessianError(RuntimeError):
-    """The dampened Hessian stayed not positive definite after every retry."""
+__all__ = ["SparseGPTOptions", "SparseGPTPruner", "sparsegpt_prune"]
 
 
 @dataclass
@@ -34,27 +33,6 @@ class SparseGPTOptions:
         check_number("dampening", self.dampening, 0.0, 10.0, low_inclusive=False, high_inclusive=True)
         check_int("block_size", self.block_size, 1)
         check_int("dampening_retries", self.dampening_retries, 0)
-
-
-def inverse_hessian_factor(hessian: torch.Tensor, dampening: float, retries: int) -> tuple[torch.Tensor, float]:
-    """Upper Cholesky factor ``U`` of ``(H + λI)^-1`` (so ``(H + λI)^-1 = U^T U``).
-
-    ``λ = dampening * mean(diag H)``; on failure (not positive definite, or non-finite) ``λ`` grows
-    10x per retry. Returns ``(U, dampening fraction used)``; raises :class:`HessianError` at the end.
-    """
-    mean_diag = hessian.diagonal().mean().clamp_min(1e-12)
-    eye = torch.eye(hessian.shape[0], dtype=hessian.dtype, device=hessian.device)
-    fraction = dampening
-    for _ in range(retries + 1):
-        lower, info = torch.linalg.cholesky_ex(hessian + fraction * mean_diag * eye)
-        if info.item() == 0:
-            upper, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(lower), upper=True)
-            if info.item() == 0 and torch.isfinite(upper).all():
-                return upper, fraction
-        fraction *= 10.0
-    raise HessianError(
-        f"the Hessian is not positive definite even with dampening {fraction / 10:g} x mean diagonal; "
-        "use more or more varied calibration data, or raise `dampening`")
 
 
 def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float, pattern: Pattern,
@@ -105,7 +83,7 @@ class SparseGPTPruner(WeightPruner):
 
     name = "sparsegpt"
     Options = SparseGPTOptions
-    statistics = "hessian"
+    statistics = StatisticsSpec(hessian=True)
 
     @classmethod
     def validate_config(cls, config) -> None:
@@ -117,7 +95,7 @@ class SparseGPTPruner(WeightPruner):
                 f"block_size={block_size} must be a multiple of {width} for pattern={config.pattern!r} "
                 "so no group of columns straddles two blocks")
 
-    def prune_layer(self, layer_index, targets, stats):
+    def prune_weights(self, layer_index, targets, stats):
         """Linears reading the same input (q/k/v, gate/up) share one Hessian: prune them stacked."""
         groups: dict[int, list[str]] = {}
         for name in targets:
@@ -127,7 +105,7 @@ class SparseGPTPruner(WeightPruner):
             sparsities = {self.sparsity_for(layer_index, name) for name in names}
             if len(sparsities) > 1:  # per-Linear sparsities differ: prune one by one
                 for name in names:
-                    new_weights |= super().prune_layer(layer_index, {name: targets[name]}, stats)
+                    new_weights |= super().prune_weights(layer_index, {name: targets[name]}, stats)
                 continue
             weights = [weight_matrix(targets[name]).detach().float() for name in names]
             stacked = self.prune_weight(names[0], torch.cat(weights), stats[names[0]], sparsities.pop(),

@@ -37,16 +37,16 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..architectures import decoder_layers, get_architecture
-from ..config import check_choice, check_number
-from ..devices import is_offloaded
-from ..masks import num_to_prune
-from ..shrink import (add_zero_bias, attention_geometry, attention_linears, bias_switch_works, block_indices,
-                      keep_attention_heads, keep_mlp_neurons, layer_shape, mlp_linears)
-from ..statistics import InputStatistics
-from .base import PruningMethod
+from ..models.architectures import decoder_layers, get_architecture
+from ..models.devices import is_offloaded
+from ..models.shrink import (add_zero_bias, attention_geometry, attention_linears, bias_switch_works, block_indices,
+                             keep_attention_heads, keep_mlp_neurons, layer_shape, mlp_linears)
+from ..sparsity.masks import num_to_prune
+from ..sparsity.statistics import InputStatistics, StatisticsSpec
+from ..utils.checks import check_choice, check_number
+from .base import LayerUpdate, PruningMethod
 
-__all__ = ["StructuredOptions", "StructuredPruner", "column_energy", "unit_scores", "units_to_keep",
+__all__ = ["StructuredOptions", "StructuredPruner", "column_energy", "unit_importance", "units_to_keep",
            "adaptive_removals", "head_units"]
 
 logger = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ def column_energy(importance: str, w_out: torch.Tensor, w_in: list[torch.Tensor]
     return out_energy * stats.variance.to(out_energy.device)
 
 
-def unit_scores(energy: torch.Tensor, block: int, squared: bool = False) -> torch.Tensor:
+def unit_importance(energy: torch.Tensor, block: int, squared: bool = False) -> torch.Tensor:
     """``(units,)`` scores of units made of ``block`` consecutive columns: ``sqrt(sum energy)`` (or the sum)."""
     total = energy.view(-1, block).sum(1)
     return total if squared else total.sqrt()
@@ -158,10 +158,12 @@ class StructuredPruner(PruningMethod):
     #: scores, widths differ per layer (each keeps at least ``min_layer_keep``)
     allocations = ("uniform", "adaptive")
 
-    def __init__(self, config) -> None:
-        super().__init__(config)
+    changes_shapes = True
+
+    def __init__(self, config, progress: bool = False) -> None:
+        super().__init__(config, progress)
         self.kinds = ("mlp", "heads") if self.options.target == "both" else (self.options.target,)
-        self.statistics = "norms" if self.needs_calibration(config) else None
+        self.statistics = StatisticsSpec() if self.needs_calibration(config) else None
         self.generator = torch.Generator().manual_seed(config.calibration.seed)
         self.pending: dict[str, list[_LayerScores]] = {kind: [] for kind in self.kinds}
         self.compensate = {kind: False for kind in self.kinds}  # output bias available for compensation
@@ -246,7 +248,7 @@ class StructuredPruner(PruningMethod):
         if importance == "random":
             return _LayerScores(torch.rand(count, generator=self.generator), block, None)
         energy = column_energy(importance, output.weight, [w.weight for w in inputs], layer_stats)
-        return _LayerScores(unit_scores(energy, block, squared=importance == "fluctuation"), block, mean)
+        return _LayerScores(unit_importance(energy, block, squared=importance == "fluctuation"), block, mean)
 
     def _shrink(self, layer_index: int, kind: str, scored: _LayerScores, remove: int) -> None:
         if remove == 0:
@@ -280,11 +282,9 @@ class StructuredPruner(PruningMethod):
             else:
                 remove = min(num_to_prune(len(scored.scores), self.config.sparsity), len(scored.scores) - 1)
                 self._shrink(layer_index, kind, scored, remove)
-        return {}
+        return LayerUpdate()
 
     def finalize(self, model: nn.Module) -> dict:
-        from ..hf_integration import store_layer_shapes
-
         for kind, scored in self.pending.items():
             if scored:
                 removals = adaptive_removals([s.scores for s in scored], self.config.sparsity,
@@ -293,7 +293,6 @@ class StructuredPruner(PruningMethod):
                     self._shrink(index, kind, layer_scores, remove)
         for kind in self.switch_on:
             self._turn_on_biases(kind)
-        store_layer_shapes(model)
         return {"layer_shapes": [layer_shape(layer, self.spec) for layer in self.layers]}
 
     def _turn_on_biases(self, kind: str) -> None:

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import torch
 
-from ..masks import mask_from_scores
+from ..sparsity.masks import mask_from_scores
+from ..sparsity.scores import wanda_scores
+from ..sparsity.statistics import StatisticsSpec
 from .base import WeightPruner
 
-__all__ = ["WandaPruner", "wanda_scores"]
-
-
-def wanda_scores(weight: torch.Tensor, column_norms: torch.Tensor) -> torch.Tensor:
-    """``(out, in)`` importance ``|W| * ||X_j||`` from weight ``(out, in)`` and input norms ``(in,)``."""
-    return weight.abs() * column_norms.to(weight.device).unsqueeze(0)
+__all__ = ["WandaPruner"]
 
 
 class WandaPruner(WeightPruner):
@@ -20,7 +17,7 @@ class WandaPruner(WeightPruner):
 
     name = "wanda"
     scopes = ("row", "layer")
-    statistics = "norms"
+    statistics = StatisticsSpec()
 
     def prune_weight(self, name, weight, stats, sparsity) -> torch.Tensor:
         scores = wanda_scores(weight, stats.column_norms)

@@ -19,11 +19,12 @@ from typing import Any, Callable
 import torch
 
 from pruning_hf import AutoPrunedModel, PruningConfig
-from pruning_hf.architectures import UnsupportedModelError
-from pruning_hf.calibration import DataSourceError, load_texts
-from pruning_hf.modeling import ModelLoadError, prune, resolve_name
-from pruning_hf.recipes import Recipe, RecipeError
-from pruning_hf.storage import CheckpointWriteError, OutputPathError
+from pruning_hf.models.architectures import UnsupportedModelError
+from pruning_hf.data.text import DataSourceError, load_texts
+from pruning_hf import prune
+from pruning_hf.hf.loading import ModelLoadError, resolve_name
+from pruning_hf.workflows.recipes import Recipe, RecipeError
+from pruning_hf.utils.storage import CheckpointWriteError, OutputPathError
 
 
 @dataclass

@@ -33,7 +33,7 @@ def _forbid_expensive_work(monkeypatch, loads_model: bool) -> None:
     """Loading weights (unless the case is about weights) or calibrating fails the test."""
     import transformers
 
-    import pruning_hf.engine
+    import pruning_hf.engine.loop
 
     def refuse(what):
         def stop(*args, **kwargs):
@@ -42,7 +42,7 @@ def _forbid_expensive_work(monkeypatch, loads_model: bool) -> None:
 
     if not loads_model:
         monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", refuse("loading model weights"))
-    monkeypatch.setattr(pruning_hf.engine, "capture_layer_inputs", refuse("calibration"))
+    monkeypatch.setattr(pruning_hf.engine.loop, "capture_layer_inputs", refuse("calibration"))
 
 
 def _check_message(message: str, case: Case) -> None:

@@ -13,6 +13,7 @@ import datasets
 import evaluate
 
 from pruning_hf.evaluation.loglikelihood import last_word_accuracy
+from pruning_hf.evaluation.modules import metric_info
 
 _INPUTS = """
 Args:
@@ -25,9 +26,7 @@ Returns:
 
 class LastWord(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description=__doc__, citation="", inputs_description=_INPUTS,
-            features=datasets.Features({"contexts": datasets.Value("string"), "targets": datasets.Value("string")}))
+        return metric_info(__doc__, _INPUTS, {"contexts": datasets.Value("string"), "targets": datasets.Value("string")})
 
     def _compute(self, contexts, targets, model, tokenizer, batch_size=8, progress=False):
         return last_word_accuracy(model, tokenizer, contexts, targets, batch_size, progress)

@@ -14,6 +14,7 @@ import datasets
 import evaluate
 
 from pruning_hf.evaluation.loglikelihood import multiple_choice_accuracy
+from pruning_hf.evaluation.modules import metric_info
 
 _INPUTS = """
 Args:
@@ -28,11 +29,9 @@ Returns:
 
 class MultipleChoice(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description=__doc__, citation="", inputs_description=_INPUTS,
-            features=datasets.Features({"contexts": datasets.Sequence(datasets.Value("string")),
-                                        "choices": datasets.Sequence(datasets.Value("string")),
-                                        "labels": datasets.Value("int64")}))
+        return metric_info(__doc__, _INPUTS, {"contexts": datasets.Sequence(datasets.Value("string")),
+                                              "choices": datasets.Sequence(datasets.Value("string")),
+                                              "labels": datasets.Value("int64")})
 
     def _compute(self, contexts, choices, labels, model, tokenizer, batch_size=8, progress=False):
         return multiple_choice_accuracy(model, tokenizer, contexts, choices, labels, batch_size, progress)

@@ -14,8 +14,9 @@ The texts are joined with blank lines, tokenized without special tokens, cut int
 import datasets
 import evaluate
 
-from pruning_hf.calibration import tokenize_texts
+from pruning_hf.data.text import tokenize_texts
 from pruning_hf.evaluation.perplexity import perplexity
+from pruning_hf.evaluation.modules import metric_info
 
 _INPUTS = """
 Args:
@@ -31,9 +32,7 @@ Returns:
 
 class Perplexity(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description=__doc__, citation="", inputs_description=_INPUTS,
-            features=datasets.Features({"texts": datasets.Value("string")}))
+        return metric_info(__doc__, _INPUTS, {"texts": datasets.Value("string")})
 
     def _compute(self, texts, model, tokenizer, seq_len=512, max_windows=None, batch_size=4, keep_partial=False,
                  progress=False):

@@ -1,0 +1,1 @@
+"""Text for calibration and evaluation: sources (embedded corpus, files, Hub datasets) -> token windows."""

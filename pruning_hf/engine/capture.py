@@ -1,0 +1,168 @@
+"""Calibration activations between decoder layers: capture layer 0's inputs, run a layer on them.
+
+:class:`CapturedInputs` holds each layer's input for every calibration batch (on a device, or in
+temporary files with ``storage="disk"``) and the other arguments each layer is called with (masks,
+rotary embeddings ...), recorded once by running the base model with recorders in place of the layers.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import weakref
+
+import torch
+from torch import nn
+
+from ..models.devices import execution_device
+from .hooks import collect_input_statistics
+from .report import NonFiniteError
+
+__all__ = ["CapturedInputs", "check_activation_storage", "capture_layer_inputs", "run_layer", "head_statistics"]
+
+
+def check_activation_storage(storage: torch.device | str) -> torch.device:
+    """The device holding activations for ``activation_storage`` (``"disk"`` stages them on CPU)."""
+    try:
+        return torch.device("cpu" if str(storage) == "disk" else storage)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"activation_storage={storage!r} is neither 'disk' nor a torch device "
+                         "('cpu', 'cuda:0' ...)") from None
+
+
+class CapturedInputs:
+    """Inputs of the decoder layers for every calibration batch.
+
+    ``hidden[b]`` is the current layer's input for batch ``b``: a ``(batch, seq, hidden)`` tensor on
+    the ``storage`` device, or with ``storage="disk"`` the path of a safetensors file holding it (read
+    back one batch at a time). ``calls[layer][b]`` holds that layer's other ``(args, kwargs)``.
+    """
+
+    def __init__(self, num_layers: int, storage: torch.device | str = "cpu") -> None:
+        self.on_disk = str(storage) == "disk"
+        self.storage = check_activation_storage(storage)
+        self.hidden: list[torch.Tensor | str] = []
+        self.calls: list[list[tuple[tuple, dict]]] = [[] for _ in range(num_layers)]
+        self._folder = tempfile.mkdtemp(prefix="pruning_hf_activations_") if self.on_disk else None
+        if self._folder:
+            weakref.finalize(self, shutil.rmtree, self._folder, True)
+        self._files = 0
+
+    def store(self, hidden: torch.Tensor) -> torch.Tensor | str:
+        """Keep one batch of hidden states on the storage device or in a new file."""
+        hidden = hidden.detach().to(self.storage)
+        if not self.on_disk:
+            return hidden
+        from safetensors.torch import save_file
+
+        path = os.path.join(self._folder, f"{self._files}.safetensors")
+        self._files += 1
+        save_file({"hidden": hidden.contiguous()}, path)
+        return path
+
+    def load(self, item: torch.Tensor | str, device: torch.device) -> torch.Tensor:
+        if isinstance(item, str):
+            from safetensors.torch import load_file
+
+            item = load_file(item)["hidden"]
+        return item.to(device)
+
+    def advance(self, outputs: list[torch.Tensor | str]) -> None:
+        """The outputs of the current layer become the next layer's inputs (old files are deleted)."""
+        for item in self.hidden:
+            if isinstance(item, str):
+                os.remove(item)
+        self.hidden = outputs
+
+
+class _InputRecorder(nn.Module):
+    """Stands in for a decoder layer during capture: records its call and returns the input unchanged."""
+
+    def __init__(self, layer: nn.Module, index: int, captured: CapturedInputs) -> None:
+        object.__setattr__(self, "_wrapped", layer)  # not a submodule: keep it out of named_modules()
+        super().__init__()
+        object.__setattr__(self, "_captured", captured)
+        self.index = index
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self._wrapped, name)  # model code may read attributes such as attention_type
+
+    def forward(self, hidden_states, *args, **kwargs):
+        if self.index == 0:
+            self._captured.hidden.append(self._captured.store(hidden_states))
+        self._captured.calls[self.index].append((args, kwargs))
+        return hidden_states
+
+
+@torch.no_grad()
+def capture_layer_inputs(model: nn.Module, layers: nn.ModuleList, windows: torch.Tensor, batch_size: int,
+                         storage: torch.device | str = "cpu") -> CapturedInputs:
+    """Run the base model on ``windows`` ``(num, seq)`` with recorders in place of ``layers``.
+
+    ``storage``: a device for the hidden states, or ``"disk"`` (temporary files).
+    """
+    captured = CapturedInputs(len(layers), storage)
+    originals = list(layers)
+    device = execution_device(model.get_input_embeddings())
+    try:
+        for index, layer in enumerate(originals):
+            layers[index] = _InputRecorder(layer, index, captured)
+        for batch in windows.split(batch_size):
+            model.base_model(input_ids=batch.to(device), use_cache=False)
+    finally:
+        for index, layer in enumerate(originals):
+            layers[index] = layer
+    return captured
+
+
+@torch.no_grad()
+def run_layer(layer: nn.Module, captured: CapturedInputs, index: int, keep_outputs: bool) -> list[torch.Tensor]:
+    """Run decoder layer ``index`` on every captured batch; return its outputs (on storage) if asked."""
+    from accelerate.utils import send_to_device
+
+    device = execution_device(layer)
+    outputs = []
+    for hidden, (args, kwargs) in zip(captured.hidden, captured.calls[index]):
+        out = layer(captured.load(hidden, device), *send_to_device(args, device), **send_to_device(kwargs, device))
+        out = out[0] if isinstance(out, (tuple, list)) else out
+        if keep_outputs:
+            if not torch.isfinite(out).all():
+                raise NonFiniteError(f"decoder layer {index} produced NaN/Inf activations; {_finiteness(layer)}")
+            outputs.append(captured.store(out))
+    return outputs
+
+
+def _finiteness(layer: nn.Module) -> str:
+    """Which parameters of ``layer`` hold NaN/Inf, for an error message."""
+    bad = [name for name, param in layer.named_parameters() if not torch.isfinite(param).all()]
+    if bad:
+        return f"non-finite parameters in it: {', '.join(bad)}"
+    return "its parameters are finite, so its inputs or the dtype's range overflowed (try float32 or bfloat16)"
+
+
+class _StopForward(Exception):
+    pass
+
+
+@torch.no_grad()
+def head_statistics(model: nn.Module, head: nn.Module, windows: torch.Tensor, batch_size: int, hessian: bool):
+    """Input statistics of the LM head from full forward passes, stopped just before the head."""
+    def stop(module, args):
+        raise _StopForward
+
+    device = execution_device(model.get_input_embeddings())
+    with collect_input_statistics({"head": head}, hessian) as stats:
+        handle = head.register_forward_pre_hook(stop)
+        try:
+            for batch in windows.split(batch_size):
+                try:
+                    model(input_ids=batch.to(device), use_cache=False)
+                except _StopForward:
+                    pass
+        finally:
+            handle.remove()
+    return stats["head"]

@@ -1,0 +1,69 @@
+"""What a pruning run did, per decoder layer and in total: :class:`PruningReport` (``pruning_report.json``)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+__all__ = ["NonFiniteError", "LayerRecord", "PruningReport"]
+
+
+class NonFiniteError(RuntimeError):
+    """A pruned layer produced NaN or Inf weights or activations."""
+
+
+@dataclass
+class LayerRecord:
+    """One decoder layer (or the LM head): wall time, where it went, and extra memory."""
+
+    index: int
+    seconds: float
+    #: name -> {sparsity, numel}, plus {error_before, error_after, swaps} when refined
+    linears: dict[str, dict[str, float]] = field(default_factory=dict)
+    method_seconds: float = 0.0   # inside the method (scores, masks, weight updates)
+    refine_seconds: float = 0.0   # inside the refinement post-step
+    statistics_bytes: int = 0     # input statistics held for this layer (norms, X^T X)
+    extra_memory_bytes: int | None = None  # peak above the layer's start (GPU exact, CPU sampled RSS)
+
+
+@dataclass
+class PruningReport:
+    """What a pruning run did: per-Linear achieved sparsity, time per layer, totals, peak memory."""
+
+    config: dict[str, Any]
+    model_type: str
+    layers: list[LayerRecord] = field(default_factory=list)
+    calibration_tokens: int = 0
+    capture_seconds: float = 0.0
+    total_seconds: float = 0.0
+    peak_rss_bytes: int = 0
+    peak_gpu_bytes: int | None = None
+    targeted_weights: int = 0
+    pruned_weights: int = 0
+    parameters_before: int = 0
+    parameters_after: int = 0
+    details: dict[str, Any] = field(default_factory=dict)  # method-specific, e.g. removed layers
+    #: non-uniform allocation: {kind, layer_sparsity, outlier_ratio (OWL), seconds (dense pre-pass)}
+    allocation: dict[str, Any] | None = None
+
+    @property
+    def sparsity(self) -> float:
+        """Achieved sparsity over all targeted weights."""
+        return self.pruned_weights / max(self.targeted_weights, 1)
+
+    @property
+    def parameters_removed(self) -> float:
+        """Fraction of all model parameters physically removed (structured pruning; 0 for masks)."""
+        return 1.0 - self.parameters_after / max(self.parameters_before, 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["sparsity"] = self.sparsity
+        data["parameters_removed"] = self.parameters_removed
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "PruningReport":
+        data = {k: v for k, v in data.items() if k not in ("sparsity", "parameters_removed")}
+        data["layers"] = [LayerRecord(**layer) for layer in data.get("layers", [])]
+        return cls(**data)

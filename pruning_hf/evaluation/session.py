@@ -1,0 +1,228 @@
+"""Measuring in-memory models on identical data: one :class:`EvaluationSession` per report.
+
+The session loads nothing: callers hand it models (the ``hf`` and ``workflows`` layers load and prune
+them). Each :meth:`EvaluationSession.add` measures one model's quality right away and its costs
+(efficiency, generation energy) right after, or, with ``side_by_side``, for all models together at
+the end, round by round. Energy phases share one codecarbon tracker, open while the session is.
+"""
+
+from __future__ import annotations
+
+import copy
+import platform
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Iterator, Mapping
+
+from ..data.text import DataSourceError, load_texts, tokenize_texts
+from ..models.architectures import context_length
+from ..models.devices import execution_device
+from .efficiency import measure_efficiencies, parameter_counts
+from .energy import EnergyTracker, PhaseEnergy
+from .generation import DEFAULT_PROMPTS, greedy_generate, greedy_samples, synthetic_prompts
+from .modules import load_metric
+from .report import EvaluationReport
+from .settings import EvaluationConfig
+from .tasks import Task, load_tasks, run_task
+
+__all__ = ["EvaluationData", "EvaluationSession", "prepare_evaluation", "check_seq_len", "evaluate_model"]
+
+
+@dataclass
+class EvaluationData:
+    """The data every evaluated model sees: loaded once, so all models are measured identically."""
+
+    config: EvaluationConfig
+    texts: list[str]
+    tasks: list[Task]
+    text_tokens: int
+
+
+def check_seq_len(model_config, seq_len: int, name: str = "the model") -> None:
+    """Raise ValueError when ``seq_len`` exceeds the model's context length."""
+    limit = context_length(model_config)
+    if limit is not None and seq_len > limit:
+        raise ValueError(f"seq_len={seq_len} is longer than the context of {name} ({limit} tokens); "
+                         f"use --seq-len / seq_len <= {limit}")
+
+
+def prepare_evaluation(config: EvaluationConfig, tokenizer, model_config=None) -> EvaluationData:
+    """Load and check the text and the tasks, and ``seq_len`` against ``model_config`` when given.
+
+    Raises before any model work: DataSourceError, TaskError, ValueError.
+    """
+    if model_config is not None:
+        check_seq_len(model_config, config.seq_len)
+    texts = load_texts(config.text, config.text_column)
+    tokens = tokenize_texts(texts, tokenizer).numel()
+    if tokens < config.seq_len:
+        raise DataSourceError(f"evaluation text {config.text!r} has {tokens} tokens, fewer than one window of "
+                              f"seq_len={config.seq_len}; use more text or a smaller seq_len")
+    return EvaluationData(config, texts, load_tasks(config.tasks, config.task_limit), tokens)
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {"python": platform.python_version()}
+    for package in ("pruning-hf", "torch", "transformers", "evaluate", "datasets", "codecarbon", "accelerate"):
+        try:
+            found[package.replace("-", "_")] = version(package)
+        except PackageNotFoundError:
+            found[package.replace("-", "_")] = None
+    return found
+
+
+def _model_info(model) -> dict[str, Any]:
+    return {"name_or_path": getattr(model.config, "name_or_path", None) or getattr(model, "name_or_path", None),
+            "model_type": getattr(model.config, "model_type", None), "dtype": str(getattr(model, "dtype", "")),
+            "device": str(execution_device(model.get_input_embeddings()))}
+
+
+class EvaluationSession:
+    """Measure several models on the same prepared data; ``with`` it to track energy (when asked).
+
+    Example::
+
+        with EvaluationSession(data) as session:
+            session.add("dense", model, tokenizer, keep_copy=True)
+            with session.phase("pruned", "pruning"):
+                prune(model, config, tokenizer)
+            session.add("pruned", model, tokenizer)
+        report = session.report()
+    """
+
+    def __init__(self, data: EvaluationData) -> None:
+        self.data, self.config = data, data.config
+        self.energy = EnergyTracker(self.config.country_iso_code, self.config.energy_output_file) \
+            if self.config.energy else None
+        self.entries: dict[str, dict] = {}
+        self.kept: dict[str, Any] = {}
+        self._phases: dict[str, dict[str, dict]] = {}
+
+    def __enter__(self) -> "EvaluationSession":
+        if self.energy is not None:
+            self.energy.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if exc[0] is None and self.kept:
+            self._measure_costs(self.kept)
+            self.kept.clear()
+        if self.energy is not None:
+            self.energy.stop()
+
+    @contextmanager
+    def phase(self, name: str, phase: str) -> Iterator[PhaseEnergy | None]:
+        """Track the energy of a block as ``phase`` of model ``name`` (e.g. its pruning); None without energy."""
+        if self.energy is None:
+            yield None
+            return
+        with self.energy.phase(f"{name}/{phase}") as record:
+            yield record
+        self._phases.setdefault(name, {})[phase] = record.to_dict()
+
+    def add(self, name: str, model, tokenizer, keep_copy: bool = False) -> dict:
+        """Evaluate ``model`` as ``name``; with ``keep_copy`` a side-by-side session keeps a copy (the caller
+        changes the model next). Returns the model's report entry."""
+        if name in self.entries:
+            raise ValueError(f"two models are named {name!r}; names must be unique")
+        self.entries[name] = self._quality(model, tokenizer, name)
+        if self.config.side_by_side:
+            self.kept[name] = copy.deepcopy(model) if keep_copy else model
+        else:
+            self._measure_costs({name: model})
+        return self.entries[name]
+
+    def report(self, names: list[str] | None = None) -> EvaluationReport:
+        """The report of the models added so far (``names``: a subset, in that order)."""
+        if self.kept:
+            raise RuntimeError("a side-by-side session measures its costs when it closes; call report() after the "
+                               "`with` block")
+        entries = [self.entries[name] for name in (names or list(self.entries))]
+        energy_info = None
+        if self.energy is not None:
+            energy_info = {k: v for k, v in self.energy.to_dict().items() if k != "phases"}
+        ppl = entries[0]["perplexity"]
+        data = {"text": {"source": self.config.text, "tokens": ppl["tokens"], "windows": ppl["windows"],
+                         "seq_len": ppl["seq_len"], "text_tokens": self.data.text_tokens},
+                "tasks": {t.name: {"source": t.source, "kind": t.kind, "examples": len(t.examples)}
+                          for t in self.data.tasks}}
+        return EvaluationReport(settings=self.config.to_dict(), data=data, models=entries, energy=energy_info,
+                                versions=_versions())
+
+    # --- measuring ---------------------------------------------------------------------------
+    def _quality(self, model, tokenizer, name: str) -> dict:
+        config = self.config
+        check_seq_len(model.config, config.seq_len, name)
+        model.eval()
+        report = getattr(model, "pruning_report", None)
+        counts = parameter_counts(model)
+        entry: dict[str, Any] = {
+            "name": name, "model": _model_info(model), "pruning": report.to_dict() if report else None,
+            "size": {"parameters": {"total": counts["total"], "nonzero": counts["nonzero"]},
+                     "weights_bytes": counts["bytes"]},
+            "tasks": {}, "samples": None, "efficiency": None,
+            "energy": dict(self._phases.get(name, {})) if self.energy is not None else None}
+        with self.energy.phase(f"{name}/perplexity") if self.energy is not None else nullcontext() as record:
+            entry["perplexity"] = load_metric("perplexity").compute(
+                texts=self.data.texts, model=model, tokenizer=tokenizer, seq_len=config.seq_len,
+                max_windows=config.max_windows, batch_size=config.batch_size, keep_partial=config.keep_partial,
+                progress=config.progress)
+        if record is not None:
+            entry["energy"]["perplexity"] = record.to_dict()
+        for task in self.data.tasks:
+            entry["tasks"][task.name] = run_task(model, tokenizer, task, config.batch_size, config.progress)
+        if config.samples:
+            entry["samples"] = greedy_samples(model, tokenizer, DEFAULT_PROMPTS, config.sample_tokens)
+        return entry
+
+    def _measure_costs(self, models: Mapping[str, Any]) -> None:
+        """Efficiency and the energy of the fixed generation workload; several models alternate round by round."""
+        config = self.config
+        if config.efficiency:
+            results = measure_efficiencies(models, prefill_batch=config.prefill_batch, prefill_seq_len=config.seq_len,
+                                           decode_batches=config.decode_batches, new_tokens=config.new_tokens,
+                                           repeats=config.repeats, disk=config.disk)
+            for name, result in results.items():
+                self.entries[name]["efficiency"] = result
+        if self.energy is None or not config.energy_rounds:
+            return
+        tokens = config.energy_batch * config.energy_new_tokens
+        workloads = {name: partial(greedy_generate, model, synthetic_prompts(model, config.energy_batch, 32),
+                                   config.energy_new_tokens, fixed_length=True) for name, model in models.items()}
+        rounds: dict[str, list[PhaseEnergy]] = {name: [] for name in models}
+        for index in range(config.energy_rounds):
+            for name, run in workloads.items():
+                with self.energy.phase(f"{name}/generation/{index}", tokens) as record:
+                    run()
+                rounds[name].append(record)
+        for name, records in rounds.items():
+            self.entries[name]["energy"]["generation"] = PhaseEnergy.combined("generation", records).to_dict()
+
+
+def prepared(config: EvaluationConfig | Mapping | EvaluationData | None, tokenizer, overrides: dict) -> EvaluationData:
+    """``config`` as :class:`EvaluationData` (prepared data passes through; settings are prepared now)."""
+    if isinstance(config, EvaluationData):
+        if overrides:
+            raise ValueError("pass settings either in the prepared EvaluationData or as keywords, not both")
+        return config
+    return prepare_evaluation(EvaluationConfig.coerce(config, **overrides), tokenizer)
+
+
+def evaluate_model(model, tokenizer=None, config: EvaluationConfig | Mapping | EvaluationData | None = None, *,
+                   name: str = "model", **settings: Any) -> EvaluationReport:
+    """Measure one model. ``settings`` are :class:`EvaluationConfig` fields, e.g.::
+
+        evaluate_model(model, tok, text="embedded", seq_len=512, max_windows=40,
+                       tasks=["piqa", "arc_easy"], efficiency=True, energy=True)
+    """
+    tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
+    if tokenizer is None:
+        raise ValueError("evaluate_model needs the model's tokenizer (tokenizer=...)")
+    data = prepared(config, tokenizer, settings)
+    check_seq_len(model.config, data.config.seq_len, name)
+    with EvaluationSession(data) as session:
+        session.add(name, model, tokenizer)
+    return session.report()

@@ -1,0 +1,97 @@
+"""Publishing pruned checkpoints on the Hugging Face Hub (``create_repo`` + ``upload_folder``).
+
+The token comes from the ``token`` argument, else ``HF_TOKEN`` or the stored ``hf auth login``; it is
+sent only in the ``Authorization`` header and never printed, logged, or written into a card, a report
+or an error message. A failed push leaves the local folder as it was (only ``README.md`` is
+re-rendered for the target repo before uploading) and is safe to run again: the repo is created with
+``exist_ok=True`` and the upload re-sends the whole folder.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from .cards import write_model_card
+
+__all__ = ["HubPushError", "push_folder", "push_model"]
+
+
+class HubPushError(RuntimeError):
+    """Publishing failed (network, authentication, permissions); the message says what to do."""
+
+
+def _redact(text: str, token: str | None) -> str:
+    return text.replace(token, "***") if token else text
+
+
+def _endpoint(endpoint: str | None) -> str:
+    from huggingface_hub import constants
+
+    return (endpoint or os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
+
+
+def _check_repo_id(repo_id: str) -> str:
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if not isinstance(repo_id, str) or repo_id.count("/") != 1:
+        raise ValueError(f"repo id {repo_id!r} must look like USER/NAME or ORG/NAME")
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
+        raise ValueError(f"repo id {repo_id!r} is not valid: {str(err).splitlines()[0]}") from None
+    return repo_id
+
+
+def _preflight(repo_id: str, token: str | None) -> str:
+    """Check the repo id, offline mode and the token before any work; returns the token to use."""
+    from huggingface_hub import constants, get_token
+
+    _check_repo_id(repo_id)
+    if constants.is_offline_mode():
+        raise HubPushError("HF_HUB_OFFLINE is set, so nothing can be pushed; unset HF_HUB_OFFLINE and retry")
+    token = token or get_token()
+    if not token:
+        raise HubPushError("no Hugging Face token: pass token=/--token, set HF_TOKEN, or run `hf auth login`")
+    return token
+
+
+def push_folder(folder: str | os.PathLike, repo_id: str, *, private: bool | None = None, token: str | None = None,
+                commit_message: str | None = None, endpoint: str | None = None) -> str:
+    """Upload a saved pruned checkpoint folder to ``repo_id``; returns the repo URL.
+
+    The model card is re-rendered with the repo id first (its load snippet names the repo). ``private``
+    applies when the repo is created; an existing repo keeps its visibility.
+    """
+    from huggingface_hub import HfApi
+
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{str(folder)!r} is not a saved checkpoint folder (no config.json)")
+    token = _preflight(repo_id, token)
+    write_model_card(folder, repo_id=repo_id)
+    url = _endpoint(endpoint)
+    api = HfApi(endpoint=url, token=token)
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model",
+                          commit_message=commit_message or f"Upload pruned model ({folder.name}) with pruning_hf",
+                          ignore_patterns=[".*"])
+    except Exception as err:  # HTTP errors, connection errors (httpx), timeouts, OS errors
+        reason = _redact(str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__, token)
+        raise HubPushError(f"could not push {str(folder)!r} to {url}/{repo_id}: {type(err).__name__}: {reason}. "
+                           "The local files are intact; run the same push again to retry") from None
+    return f"{url}/{repo_id}"
+
+
+def push_model(self, repo_id: str, *, private: bool | None = None, token: str | None = None,
+               commit_message: str | None = None, endpoint: str | None = None) -> str:
+    """``model.push_to_hub`` of pruned models: save (weights, tokenizer, report, card) to a temporary
+    folder, then :func:`push_folder` it. Returns the repo URL."""
+    token = _preflight(repo_id, token)
+    with tempfile.TemporaryDirectory(prefix="pruning_hf-push-") as tmp:
+        folder = Path(tmp) / repo_id.split("/")[-1]
+        self.save_pretrained(folder)
+        return push_folder(folder, repo_id, private=private, token=token, commit_message=commit_message,
+                           endpoint=endpoint)

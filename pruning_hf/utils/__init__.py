@@ -1,0 +1,1 @@
+"""Infrastructure every layer uses: argument checks, atomic file writes, memory readings."""

@@ -1,0 +1,1 @@
+"""Compositions of the layers below: compare models, iterative pruning, sweeps, recipes."""
