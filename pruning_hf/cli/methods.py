@@ -23,6 +23,6 @@ def run(args) -> int:
         for f in dataclasses.fields(method.Options):
             print(f"    --{f.name.replace('_', '-')} (default {f.default!r}): {f.metadata.get('help', '')}")
     print("\noptions of every method:")
-    for cli_field in PruningConfig.cli_fields(("config",)):
+    for cli_field in PruningConfig.cli_fields(("config",))[1:]:  # all but --method itself
         print(f"    {cli_field.flag} (default {cli_field.default!r}): {cli_field.help}")
     return 0
