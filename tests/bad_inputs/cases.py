@@ -349,3 +349,49 @@ CASES: list[Case] = [
                            "--output", env.tmp / "out", "--no-progress"],
          exit_code=1, loads_model=True, patch=_disk_full),
 ]
+
+
+# --- issue 13 (hardening, round 2) -------------------------------------------------------------------------
+def _iterative_cli(env: Env, *args) -> list:
+    """`pruning-hf iterative` on a tiny checkpoint with small calibration and validation slices."""
+    return ["iterative", env.make_checkpoint("llama"), "--calibration", env.text_file, "--num-samples", "2",
+            "--seq-len", "32", "--validation", env.text_file, "--validation-seq-len", "32", "--validation-windows",
+            "2", *args, "--output", env.tmp / "it", "--no-progress"]
+
+
+CASES += [
+    # item 1: iterative undoes rejected steps by restoring weights, which cannot undo removed structure
+    Case("cli-iterative-structured", (r"iterative pruning .*method 'structured' removes whole", r"pruning-hf prune"),
+         argv=lambda env: _iterative_cli(env, "--method", "structured", "--target", "mlp", "--steps", "0.2,0.4",
+                                         "--max-ppl-increase", "0.0")),
+    Case("cli-iterative-depth", (r"iterative pruning .*method 'depth' removes whole",),
+         argv=lambda env: _iterative_cli(env, "--method", "depth", "--num-layers", "1")),
+    # item 4: YAML anchors / aliases (alias bombs hang the parser's consumers) are refused with their line
+    Case("config-yaml-anchor", (r"YAML anchors and aliases are not allowed", r"&m"),
+         lambda env: PruningConfig.from_yaml("method: &m wanda\nsparsity: 0.5\n"), ValueError),
+    Case("recipe-yaml-alias", (r"recipe.yaml:4: YAML anchors and aliases are not allowed", r"&d"),
+         lambda env: Recipe.from_yaml(env.recipe(RECIPE_OK + "description: &d tiny\noutput: *d\n")), RecipeError),
+    Case("cli-run-recipe-alias", (r"recipe.yaml:4: YAML anchors and aliases are not allowed",),
+         argv=lambda env: ["run", env.recipe(RECIPE_OK + "description: &d tiny\noutput: *d\n")]),
+    # item 5: more windows than the text has distinct ones; JSONL text that is not a string
+    Case("data-num-samples-beyond-the-text", (r"num_samples=1000000000000 ", r"distinct windows of seq_len=32",
+                                              r"use num_samples <= \d+"),
+         _from_pretrained(lambda env: env.make_checkpoint(), num_samples=10**12), DataSourceError),
+    Case("cli-iterative-num-samples-beyond-the-text", (r"num_samples=1000000000000 ", r"distinct windows"),
+         argv=lambda env: _iterative_cli(env, "--method", "wanda", "--sparsity", "0.5", "--num-samples",
+                                         str(10**12))),
+    Case("data-jsonl-null-text", (r"data.jsonl:1: text column 'text' holds null, not a string",),
+         _from_pretrained(lambda env: env.make_checkpoint(), lambda env: _jsonl(env, [{"text": None}])),
+         DataSourceError),
+    Case("data-jsonl-list-text", (r"data.jsonl:2: text column 'text' holds a list, not a string",),
+         _from_pretrained(lambda env: env.make_checkpoint(),
+                          lambda env: _jsonl(env, [{"text": "plenty of words " * 20}, {"text": ["a", "b"]}])),
+         DataSourceError),
+    # item 7: a Hub id while offline names the model, the reason and what works offline, before any retry
+    Case("model-hub-id-offline", (r"'no-such-org/no-such-model'", r"HF_HUB_OFFLINE is set",
+                                  r"local checkpoint folder", r"embedded:smollm2-135m"),
+         _from_pretrained(lambda env: "no-such-org/no-such-model"), ModelLoadError),
+    Case("cli-hub-id-offline", (r"'no-such-org/no-such-model'", r"HF_HUB_OFFLINE is set", r"embedded:smollm2-135m"),
+         argv=lambda env: ["prune", "no-such-org/no-such-model", "--method", "magnitude", "--sparsity", "0.5",
+                           "--output", env.tmp / "out"]),
+]
