@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from .methods import get_method, option_owners
+from .methods import METHODS, get_method, option_owners
 from .sparsity.allocation import PREPASS_ALLOCATIONS
 from .sparsity.masks import Pattern, parse_pattern
 from .utils.checks import check_int, check_number, check_str, name_list, reject_unknown, shown
@@ -324,6 +324,23 @@ class PruningConfig:
             if value != defaults[name]:
                 args += _flag_words(option_fields[name], value)
         return args
+
+    def check_iterative(self) -> None:
+        """Raise ValueError unless this config can be pruned in rising steps (``iterative_prune``).
+
+        A step over budget is undone by writing the previous weights back, which cannot bring back what a
+        method that ``changes_shapes`` removed (neurons, heads, layers: the modules themselves are replaced,
+        and each step's fraction would apply to the already-shrunk widths). N:M patterns fix the sparsity.
+        """
+        if self.method_class.changes_shapes:
+            usable = [name for name, method in METHODS.items() if not method.changes_shapes]
+            raise ValueError(f"iterative pruning undoes a step over budget by restoring weights, but method "
+                             f"{self.method!r} removes whole neurons, heads or layers, which restoring cannot undo; "
+                             f"use {', '.join(usable[:-1])} or {usable[-1]}, or run `pruning-hf prune` once per "
+                             "level (or `pruning-hf sweep`) and keep the best")
+        if self.pattern_spec.is_nm:
+            raise ValueError(f"pattern={self.pattern!r} fixes the sparsity at {self.sparsity:g}; iterative pruning "
+                             "needs 'unstructured' or a block pattern")
 
     def describe(self) -> str:
         """One line for logs and reports, e.g. ``wanda 50% unstructured (row) +owl +refine`` (the method

@@ -36,7 +36,7 @@ def run(args) -> int:
     given_sparsity = ("sparsity",) in config_values(args)
     config = config_from_args(args, **({"sparsity": steps[-1]} if steps and not given_sparsity else {}))
     ready = preflight(args.model, hf_kwargs=hf_kwargs(args), pruning=config, texts=(args.validation,),
-                      output=args.output)
+                      output=args.output, iterative=True)
     model = ready.load_model()
     result = iterative_prune(model, config, args.validation, tokenizer=ready.tokenizer, steps=steps, step=args.step,
                              max_increase=args.max_ppl_increase, windows=ready.windows,

@@ -149,10 +149,11 @@ def preflight(model: str | os.PathLike, *, hf_kwargs: dict[str, Any] | None = No
               pruning: PruningConfig | None = None, calibration: CalibrationConfig | None = None,
               evaluation: EvaluationConfig | None = None, texts: tuple[str, ...] = (), tokenizer=None,
               output: str | os.PathLike | None = None, activation_storage: str | None = None,
-              resume_dir: str | os.PathLike | None = None) -> Preflight:
+              resume_dir: str | os.PathLike | None = None, iterative: bool = False) -> Preflight:
     """Check everything an entry point needs before the weights load, cheapest first.
 
-    Order: the output folder, pruning options (activation storage, resume folder), every text source
+    Order: the output folder, pruning options (activation storage, resume folder, whether ``iterative``
+    steps can use the method), every text source
     (calibration, evaluation, ``texts``) readable, the model name and config (a causal LM), the
     tokenizer, calibration windows (``pruning``'s when it needs them, else ``calibration``'s; ``seq_len``
     capped at the model's context), the evaluation text, tasks and ``seq_len``.
@@ -164,6 +165,8 @@ def preflight(model: str | os.PathLike, *, hf_kwargs: dict[str, Any] | None = No
         check_activation_storage(activation_storage)
     if resume_dir is not None and pruning is not None:
         check_resumable(pruning, resume_dir)
+    if iterative and pruning is not None:
+        pruning.check_iterative()
     if pruning is not None:
         calibration = pruning.calibration if pruning.needs_calibration else None
     sources = [(calibration.source, calibration.text_column)] if calibration is not None else []

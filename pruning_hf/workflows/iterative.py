@@ -121,8 +121,8 @@ def iterative_prune(model, config: PruningConfig, validation, *, tokenizer=None,
 
     Args:
         model: a loaded causal LM.
-        config: how to prune; its ``sparsity`` is the last step unless ``steps`` is given. Not N:M
-            (an N:M pattern fixes the sparsity).
+        config: how to prune; its ``sparsity`` is the last step unless ``steps`` is given. A method that
+            zeroes weights (magnitude, wanda, sparsegpt), not N:M (see ``PruningConfig.check_iterative``).
         validation: text source (``"embedded@test"``, a file, ...; needs ``tokenizer``), a
             ``(num, seq_len)`` tensor of token ids or a list of 1-D token tensors.
         steps: explicit increasing total sparsities; default ``step, 2 step, ..., config.sparsity``.
@@ -136,9 +136,7 @@ def iterative_prune(model, config: PruningConfig, validation, *, tokenizer=None,
     """
     if not isinstance(config, PruningConfig):
         raise ValueError(f"config must be a PruningConfig, got {type(config).__name__}")
-    if config.pattern_spec.is_nm:
-        raise ValueError(f"pattern={config.pattern!r} fixes the sparsity at {config.sparsity:g}; iterative pruning "
-                         "needs 'unstructured' or a block pattern")
+    config.check_iterative()
     check_number("max_increase", max_increase, 0.0, 1e9)
     steps = _check_steps(steps) if steps is not None else sparsity_steps(config.sparsity, step)
     val = _validation_windows(validation, tokenizer, validation_seq_len, validation_windows)
