@@ -77,12 +77,15 @@ class CapturedInputs:
 
 
 class _InputRecorder(nn.Module):
-    """Stands in for a decoder layer during capture: records its call and returns the input unchanged."""
+    """Stands in for a decoder layer during capture: records its call and returns the input unchanged, in the
+    form the replaced layer returns its output (a tensor, or a tuple whose first item is the hidden states,
+    as Falcon's layers do: the model's layer loop indexes it), so every later layer sees the right shape."""
 
-    def __init__(self, layer: nn.Module, index: int, captured: CapturedInputs) -> None:
+    def __init__(self, layer: nn.Module, index: int, captured: CapturedInputs, returns: dict) -> None:
         object.__setattr__(self, "_wrapped", layer)  # not a submodule: keep it out of named_modules()
         super().__init__()
         object.__setattr__(self, "_captured", captured)
+        object.__setattr__(self, "_returns", returns)  # shared by all recorders: {"items": None | tuple length}
         self.index = index
 
     def __getattr__(self, name: str):
@@ -92,10 +95,14 @@ class _InputRecorder(nn.Module):
             return getattr(self._wrapped, name)  # model code may read attributes such as attention_type
 
     def forward(self, hidden_states, *args, **kwargs):
+        if "items" not in self._returns:  # once: run the real layer to learn its return convention
+            out = self._wrapped(hidden_states, *args, **kwargs)
+            self._returns["items"] = len(out) if isinstance(out, (tuple, list)) else None
         if self.index == 0:
             self._captured.hidden.append(self._captured.store(hidden_states))
         self._captured.calls[self.index].append((args, kwargs))
-        return hidden_states
+        items = self._returns["items"]
+        return hidden_states if items is None else (hidden_states,) + (None,) * (items - 1)
 
 
 @torch.no_grad()
@@ -108,9 +115,10 @@ def capture_layer_inputs(model: nn.Module, layers: nn.ModuleList, windows: torch
     captured = CapturedInputs(len(layers), storage)
     originals = list(layers)
     device = execution_device(model.get_input_embeddings())
+    returns: dict = {}
     try:
         for index, layer in enumerate(originals):
-            layers[index] = _InputRecorder(layer, index, captured)
+            layers[index] = _InputRecorder(layer, index, captured, returns)
         for batch in windows.split(batch_size):
             model.base_model(input_ids=batch.to(device), use_cache=False)
     finally:
