@@ -18,7 +18,7 @@ import copy
 import torch
 from torch import nn
 
-from .architectures import PER_LAYER_CONFIG_KEYS, ArchitectureSpec, decoder_layers
+from .architectures import PER_LAYER_CONFIG_KEYS, ArchitectureSpec, decoder_layers, weight_matrix
 
 __all__ = [
     "select_linear", "block_indices", "mlp_linears", "attention_linears", "attention_geometry", "keep_mlp_neurons",
@@ -128,7 +128,7 @@ def layer_shape(layer: nn.Module, spec: ArchitectureSpec) -> dict[str, int]:
     """The widths of one decoder layer, named like the stock config fields."""
     shape = {}
     if spec.mlp is not None:
-        shape["intermediate_size"] = mlp_linears(layer, spec)[1].in_features
+        shape["intermediate_size"] = weight_matrix(mlp_linears(layer, spec)[1]).shape[1]  # Conv1D: transposed
     if spec.attention is not None:
         num_q, num_kv, _ = attention_geometry(layer, spec)
         shape["num_attention_heads"], shape["num_key_value_heads"] = num_q, num_kv
