@@ -22,7 +22,8 @@ import yaml
 from .methods import METHODS, get_method, option_owners
 from .sparsity.allocation import PREPASS_ALLOCATIONS
 from .sparsity.masks import Pattern, parse_pattern
-from .utils.checks import check_int, check_number, check_str, name_list, reject_unknown, shown
+from .utils.checks import (YamlAnchorError, check_int, check_number, check_str, name_list, reject_unknown,
+                           safe_yaml_load, shown)
 
 __all__ = ["CalibrationConfig", "PruningConfig", "CliField"]
 
@@ -269,7 +270,9 @@ class PruningConfig:
                 raise FileNotFoundError(f"pruning config file {text!r} does not exist")
             text = candidate.read_text(encoding="utf-8")
         try:
-            data = yaml.safe_load(text)
+            data = safe_yaml_load(text)
+        except YamlAnchorError as err:
+            raise ValueError(f"pruning config: {err}") from None
         except yaml.YAMLError as err:  # includes tags such as !!python/object, which the safe loader refuses
             raise ValueError(f"pruning config is not valid (safe) YAML: {' '.join(str(err).split())}") from None
         return cls.from_dict(data)

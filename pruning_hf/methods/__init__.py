@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..utils.checks import shown
 from .base import PruningMethod
 from .depth import DepthPruner
 from .magnitude import MagnitudePruner
@@ -20,9 +21,9 @@ METHODS: dict[str, type[PruningMethod]] = {
 
 def get_method(name: str) -> type[PruningMethod]:
     """The method class registered under ``name`` (case-insensitive); ValueError listing the choices."""
-    key = name.strip().lower() if isinstance(name, str) else name
+    key = name.strip().lower() if isinstance(name, str) else None
     if key not in METHODS:
-        raise ValueError(f"method={name!r} is not a known pruning method; choose one of: {', '.join(METHODS)}")
+        raise ValueError(f"method={shown(name)} is not a known pruning method; choose one of: {', '.join(METHODS)}")
     return METHODS[key]
 
 

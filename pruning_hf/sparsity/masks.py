@@ -13,6 +13,8 @@ from typing import Iterable
 
 import torch
 
+from ..utils.checks import shown
+
 __all__ = [
     "Pattern",
     "parse_pattern",
@@ -85,27 +87,27 @@ def parse_pattern(text: str) -> Pattern:
     """Parse ``"unstructured"``, ``"N:M"`` (e.g. ``"2:4"``) or blocks ``"RxC"`` / ``"block:RxC"``
     (e.g. ``"4x4"``); raise ``ValueError`` naming the problem."""
     if not isinstance(text, str):
-        raise ValueError(f"pattern must be a string such as 'unstructured', '2:4' or 'block:4x4', got {text!r}")
+        raise ValueError(f"pattern must be a string such as 'unstructured', '2:4' or 'block:4x4', got {shown(text)}")
     if text.strip().lower() == "unstructured":
         return Pattern("unstructured")
     block = _BLOCK_RE.match(text)
     if block is not None:
         rows, cols = int(block.group(1)), int(block.group(2))
         if rows < 1 or cols < 1 or rows * cols < 2:
-            raise ValueError(f"pattern={text!r}: blocks need rows >= 1, cols >= 1 and at least 2 weights "
+            raise ValueError(f"pattern={shown(text)}: blocks need rows >= 1, cols >= 1 and at least 2 weights "
                              "(e.g. 'block:4x4' or 'block:1x8')")
         return Pattern("block", rows=rows, cols=cols)
     match = _NM_RE.match(text)
     if match is None:
         raise ValueError(
-            f"pattern={text!r} is not a sparsity pattern; use 'unstructured', 'N:M' "
+            f"pattern={shown(text)} is not a sparsity pattern; use 'unstructured', 'N:M' "
             "(keep N of every M consecutive weights, e.g. '2:4') or 'block:RxC' "
             "(whole R-row x C-column blocks, e.g. 'block:4x4')"
         )
     n, m = int(match.group(1)), int(match.group(2))
     if m < 2 or n < 1 or n >= m:
         raise ValueError(
-            f"pattern={text!r} keeps N={n} of every M={m} weights: need 1 <= N < M and M >= 2 "
+            f"pattern={shown(text)} keeps N={n} of every M={m} weights: need 1 <= N < M and M >= 2 "
             "(e.g. '2:4' keeps 2 of 4 = 50% sparsity)"
         )
     return Pattern("nm", n, m)

@@ -1,7 +1,8 @@
 """Validation helpers: a bad value raises a ValueError that names it and says what is allowed.
 
 Errors show values through :func:`shown`, which bounds their length, so a huge or deeply nested
-value (a YAML alias bomb, a 10**6-element list) costs microseconds to report, not minutes.
+value (a 10**6-element list) costs microseconds to report, not minutes; :func:`safe_yaml_load` refuses
+YAML anchors and aliases, so a few bytes of a downloaded config or recipe cannot expand into a huge one.
 """
 
 from __future__ import annotations
@@ -10,7 +11,10 @@ import math
 import reprlib
 from typing import Any, Iterable
 
-__all__ = ["shown", "check_choice", "check_number", "check_int", "check_str", "name_list", "reject_unknown"]
+import yaml
+
+__all__ = ["shown", "check_choice", "check_number", "check_int", "check_str", "name_list", "reject_unknown",
+           "safe_yaml_load", "YamlAnchorError"]
 
 _REPR = reprlib.Repr()
 _REPR.maxstring = 80
@@ -97,3 +101,23 @@ def reject_unknown(where: str, given: Iterable[str], allowed: Iterable[str]) -> 
     unknown = sorted(set(given) - set(allowed), key=str)
     if unknown:
         raise ValueError(f"unknown {where}(s) {shown(unknown)}; allowed: {sorted(allowed)}")
+
+
+class YamlAnchorError(ValueError):
+    """A YAML document uses anchors (``&name``) or aliases (``*name``); ``line`` is 1-based."""
+
+    def __init__(self, line: int, name: str) -> None:
+        super().__init__(f"YAML anchors and aliases are not allowed ({name} at line {line}): they let a few "
+                         "bytes expand into a huge document; write the values out")
+        self.line, self.name = line, name
+
+
+def safe_yaml_load(text: str) -> Any:
+    """``yaml.safe_load`` that first refuses anchors and aliases (a 'billion laughs' alias bomb parses fast but
+    expands to a value nothing downstream can handle). Raises YamlAnchorError, or yaml.YAMLError on bad YAML."""
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        anchor = getattr(event, "anchor", None)
+        if anchor is not None:
+            prefix = "*" if isinstance(event, yaml.AliasEvent) else "&"
+            raise YamlAnchorError(event.start_mark.line + 1, prefix + anchor)
+    return yaml.safe_load(text)

@@ -38,6 +38,7 @@ from ..hf.files import RECIPE_FILE
 from ..hf.hub import push_folder
 from ..hf.loading import preflight
 from ..hf.pruning import prune
+from ..utils.checks import YamlAnchorError, safe_yaml_load
 from .recipe_schema import (TOP_KEYS, Check, Expectation, HubSection, ModelSection, RecipeError, build_section,
                             check_value, deep_merge, line_of, mapping)
 
@@ -117,8 +118,10 @@ class Recipe:
                 raise FileNotFoundError(f"recipe file {text!r} does not exist")
             source, text = text, Path(text).read_text(encoding="utf-8")
         try:
+            data = safe_yaml_load(text)
             root = yaml.compose(text, Loader=yaml.SafeLoader)
-            data = yaml.safe_load(text)
+        except YamlAnchorError as err:
+            raise RecipeError(f"{source}:{err.line}: {err}") from None
         except yaml.YAMLError as err:
             raise RecipeError(f"{source}: not valid (safe) YAML: {' '.join(str(err).split())}") from None
         try:
