@@ -328,6 +328,16 @@ class PruningConfig:
                 args += _flag_words(option_fields[name], value)
         return args
 
+    def as_used(self, windows) -> "PruningConfig":
+        """This config with the calibration window count and length of ``windows`` ``(num, seq_len)``, the ones
+        that ran (``seq_len`` is capped at the model's context; given windows may differ), so the checkpoint,
+        the report and the card record what was used."""
+        used = {"num_samples": int(windows.shape[0]), "seq_len": int(windows.shape[1])}
+        if used == {"num_samples": self.calibration.num_samples, "seq_len": self.calibration.seq_len}:
+            return self
+        data = self.to_dict()
+        return PruningConfig.from_dict({**data, "calibration": {**data["calibration"], **used}})
+
     def check_iterative(self) -> None:
         """Raise ValueError unless this config can be pruned in rising steps (``iterative_prune``).
 

@@ -90,8 +90,22 @@ def _read_file(path: Path, text_column: str) -> list[str]:
             keys = sorted(record) if isinstance(record, dict) else type(record).__name__
             raise DataSourceError(f"{path}:{number} has no text column {text_column!r} (found: {keys}); "
                                   "set text_column / --text-column")
-        texts.append(str(record[text_column]))
+        value = record[text_column]
+        if not isinstance(value, str):
+            raise DataSourceError(f"{path}:{number}: text column {text_column!r} holds {_json_kind(value)}, not a "
+                                  "string; give each line's text as a JSON string")
+        texts.append(value)
     return texts
+
+
+def _json_kind(value) -> str:
+    """How a JSON value reads in an error message: null, true/false, a number, a list, an object."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    kinds = {list: "a list", dict: "an object", int: "a number", float: "a number"}
+    return kinds.get(type(value), type(value).__name__)
 
 
 def _load_hub(source: str, text_column: str) -> list[str]:
@@ -161,6 +175,11 @@ def sample_windows(tokens: torch.Tensor, num_samples: int, seq_len: int, seed: i
         raise DataSourceError(
             f"{source!r} has {tokens.numel()} tokens, fewer than one window of seq_len={seq_len}; "
             "use more text or a smaller seq_len")
+    distinct = tokens.numel() - seq_len + 1
+    if num_samples > distinct:  # beyond this windows only repeat; checked before the windows are allocated
+        raise DataSourceError(
+            f"num_samples={num_samples} windows asked for, but {source!r} has {tokens.numel():,} tokens, so "
+            f"{distinct:,} distinct windows of seq_len={seq_len}; use num_samples <= {distinct} or more text")
     generator = torch.Generator().manual_seed(seed)
     starts = torch.randint(0, tokens.numel() - seq_len + 1, (num_samples,), generator=generator)
     return torch.stack([tokens[s: s + seq_len] for s in starts.tolist()])

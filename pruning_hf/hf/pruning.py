@@ -82,6 +82,8 @@ def prune(model, config: PruningConfig | dict | str, tokenizer=None, progress: b
         if tokenizer is None:
             raise ValueError(f"method {config.method!r} needs calibration data: pass tokenizer= (or windows=)")
         windows = calibration_windows(config.calibration, tokenizer, context_length(model.config))
+    if windows is not None and config.needs_calibration:
+        config = config.as_used(windows)  # seq_len capped at the model's context: record what ran
     report = prune_model(model, config, windows=windows, progress=progress, activation_storage=activation_storage,
                          resume_dir=resume_dir)
     if config.method_class.changes_shapes:
