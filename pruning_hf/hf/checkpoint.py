@@ -17,6 +17,7 @@ import torch
 
 from ..engine.report import PruningReport
 from ..evaluation.report import EvaluationReport
+from ..models.devices import retie_offloaded_embeddings
 from ..sparsity.compression import FORMAT, compress_weight
 from ..utils.storage import atomic_directory
 from .cards import write_model_card
@@ -38,6 +39,7 @@ def save_checkpoint(model, save_directory: str | os.PathLike, compress: bool = F
     """
     if {"cpu", "disk"} & set((getattr(model, "hf_device_map", None) or {}).values()):
         kwargs.setdefault("max_shard_size", OFFLOADED_SHARD_SIZE)  # transformers gathers one shard in RAM
+        retie_offloaded_embeddings(model)  # forward passes through offloaded modules untie lm_head
     if compress:
         check_quantization_config(model.config)  # before anything is written
     with atomic_directory(save_directory) as tmp:

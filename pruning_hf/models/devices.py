@@ -17,7 +17,7 @@ from typing import Iterable, Iterator
 import torch
 from torch import nn
 
-__all__ = ["execution_device", "onloaded", "write_weight", "is_offloaded"]
+__all__ = ["execution_device", "onloaded", "write_weight", "is_offloaded", "retie_offloaded_embeddings"]
 
 _ONLOADED = "_pruning_hf_onloaded"  # marks a hook paused by onloaded()
 
@@ -117,3 +117,20 @@ def write_weight(module: nn.Module, matrix: torch.Tensor) -> None:
             weight.copy_(value.to(weight.dtype))
     if is_offloaded(module):
         _write_offloaded(module, "weight", value.to(weight.dtype))
+
+
+def retie_offloaded_embeddings(model: nn.Module) -> None:
+    """Tie an offloaded model's LM head to its input embeddings again (before saving).
+
+    A forward pass (calibration, evaluation) through modules accelerate offloads swaps their parameters, which
+    unties ``lm_head.weight`` from the embeddings; transformers then saves the matrix twice. When the config
+    ties them and both still hold the same values (the head was not pruned on its own), tie them again.
+    """
+    head, embeddings = model.get_output_embeddings(), model.get_input_embeddings()
+    if not getattr(model.config, "tie_word_embeddings", False) or head is None or embeddings is None \
+            or head.weight is embeddings.weight:
+        return
+    with onloaded([head, embeddings]):
+        same = head.weight.shape == embeddings.weight.shape and torch.equal(head.weight, embeddings.weight)
+    if same:
+        model.tie_weights()
