@@ -20,6 +20,7 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+_WARNED_GENERIC: set[str] = set()  # model types already warned about (get_architecture runs many times a run)
 
 
 class UnsupportedModelError(ValueError):
@@ -126,8 +127,11 @@ def get_architecture(model: nn.Module) -> ArchitectureSpec:
         raise UnsupportedModelError(
             f"cannot find the decoder layers of {type(model).__name__} (model_type={model_type!r}); "
             f"supported model types: {supported}")
-    logger.warning("model_type=%r is not a known family; using generic decoder-layer discovery (%s). "
-                   "Unstructured and N:M pruning work; structured pruning needs a known family.", model_type, path)
+    if model_type not in _WARNED_GENERIC:  # once per model type and process, not at every look-up
+        _WARNED_GENERIC.add(model_type)
+        logger.warning("model_type=%r is not a known family; using generic decoder-layer discovery (%s). "
+                       "Unstructured, N:M and depth pruning work; structured pruning needs a known family.",
+                       model_type, path)
     return ArchitectureSpec("generic", (model_type,), path)
 
 
