@@ -296,6 +296,15 @@ def test_item6_numpy_and_torch_scalars_are_accepted_as_plain_numbers(value):
         PruningConfig(method="wanda", sparsity=np.bool_(True))
 
 
+def test_item6_numpy_and_torch_scalars_in_method_options_become_plain_numbers():
+    config = PruningConfig(method="sparsegpt", sparsity=0.5, dampening=np.float32(0.25), block_size=np.int64(64),
+                           dampening_retries=torch.tensor(2))
+    assert (type(config.options.dampening), type(config.options.block_size)) == (float, int)
+    assert type(config.options.dampening_retries) is int
+    assert PruningConfig.from_json(config.to_json()).to_dict() == config.to_dict()
+    assert type(PruningConfig(method="depth", num_layers=torch.tensor(1)).options.num_layers) is int
+
+
 def test_item6_depth_summary_says_how_many_layers_and_parameters_went(tmp_path, tokenizer, text_file, capsys):
     folder = tmp_path / "src"
     tiny_model("llama", layers=4).save_pretrained(folder)

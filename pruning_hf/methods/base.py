@@ -20,6 +20,7 @@ from torch import nn
 from ..models.architectures import weight_matrix
 from ..sparsity.refinement import refine_layer
 from ..sparsity.statistics import InputStatistics, StatisticsSpec
+from ..utils.checks import plain_scalar
 
 __all__ = ["NoOptions", "LayerUpdate", "PruningMethod", "WeightPruner"]
 
@@ -79,12 +80,13 @@ class PruningMethod:
 
     @classmethod
     def make_options(cls, values: dict[str, Any]):
-        """Build the method's Options dataclass, rejecting options it does not take."""
+        """Build the method's Options dataclass, rejecting options it does not take; numpy / torch scalars
+        become the plain Python numbers they hold (options are serialised to JSON and YAML)."""
         unknown = sorted(set(values) - set(cls.option_names()))
         if unknown:
             takes = f"it takes: {cls.option_names()}" if cls.option_names() else "it takes no options"
             raise ValueError(f"unknown option {unknown[0]!r} for method {cls.name!r} ({takes})")
-        return cls.Options(**values)
+        return cls.Options(**{key: plain_scalar(value) for key, value in values.items()})
 
     @classmethod
     def validate_config(cls, config) -> None:

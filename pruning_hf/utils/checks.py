@@ -13,7 +13,7 @@ from typing import Any, Iterable
 
 import yaml
 
-__all__ = ["shown", "check_choice", "check_number", "check_int", "check_str", "name_list", "reject_unknown",
+__all__ = ["shown", "plain_scalar", "check_choice", "check_number", "check_int", "check_str", "name_list", "reject_unknown",
            "safe_yaml_load", "YamlAnchorError"]
 
 _REPR = reprlib.Repr()
@@ -48,6 +48,12 @@ def _scalar(value: Any) -> int | float | None:
         if isinstance(item, (int, float)) and not isinstance(item, bool):
             return item
     return None
+
+
+def plain_scalar(value: Any) -> Any:
+    """A numpy / torch real scalar (or 0-d array) as the Python int / float it holds; anything else unchanged."""
+    number = _scalar(value)
+    return value if number is None else number
 
 
 def check_number(name: str, value: Any, low: float, high: float, *, high_inclusive: bool = False,
