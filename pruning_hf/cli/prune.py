@@ -51,9 +51,8 @@ def run(args) -> int:
     else:
         evaluation, report = None, prune(model, config, ready.tokenizer, progress=progress, **prune_options)
     model.save_pretrained(args.output, compress=args.compress)
-    shrunk = f" ({report.parameters_removed:.1%} of all parameters physically removed)" if report.parameters_removed else ""
-    print(f"pruned {args.model} with {config.describe()}: {report.sparsity:.2%} of {report.targeted_weights:,} "
-          f"targeted weights removed{shrunk} in {report.total_seconds:.1f} s; saved to {args.output}")
+    print(f"pruned {args.model} with {config.describe()}: {report.summary()} in {report.total_seconds:.1f} s; "
+          f"saved to {args.output}")
     if evaluation is not None:
         print(f"\n{evaluation.to_markdown()}\n\n(full report: {Path(args.output) / EVALUATION_FILE})")
     return 0

@@ -7,6 +7,10 @@ from typing import Any
 
 __all__ = ["NonFiniteError", "LayerRecord", "PruningReport"]
 
+#: how :meth:`PruningReport.summary` names the units of ``details["removed_units"]`` (structured pruning)
+UNIT_WORDS = {"mlp_neurons": "MLP neurons", "kv_groups": "KV groups", "query_heads": "query heads",
+              "attention_heads": "attention heads"}
+
 
 class NonFiniteError(RuntimeError):
     """A pruned layer produced NaN or Inf weights or activations."""
@@ -55,6 +59,23 @@ class PruningReport:
     def parameters_removed(self) -> float:
         """Fraction of all model parameters physically removed (structured pruning; 0 for masks)."""
         return 1.0 - self.parameters_after / max(self.parameters_before, 1)
+
+    def summary(self) -> str:
+        """One line saying what went: decoder layers (depth), units per kind (structured: MLP neurons, KV
+        groups / heads) with the parameters removed, or the share of targeted weights set to zero."""
+        removed = self.parameters_before - self.parameters_after
+        parameters = f"{removed:,} of {self.parameters_before:,} parameters ({self.parameters_removed:.2%}) removed"
+        layers = self.details.get("removed_layers")
+        if layers is not None:
+            before = len(self.details.get("block_influence") or []) or len(layers)
+            which = f"layer{'s' if len(layers) != 1 else ''} {', '.join(str(i) for i in layers)}"
+            return f"removed {len(layers)} of {before} decoder layers ({which}); {parameters}"
+        units = self.details.get("removed_units")
+        if units:
+            kinds = " and ".join(f"{u['removed']} of {u['total']} {UNIT_WORDS.get(unit, unit)} "
+                                 f"({u['removed'] / max(u['total'], 1):.1%})" for unit, u in units.items())
+            return f"removed {kinds}; {parameters}"
+        return f"{self.sparsity:.2%} of {self.targeted_weights:,} targeted weights set to zero"
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -62,7 +62,8 @@ class DepthPruner(PruningMethod):
 
     @classmethod
     def describe(cls, config) -> str:
-        return f"depth -{config.options.num_layers} layers (block influence)"
+        count = config.options.num_layers
+        return f"depth ({count} decoder layer{'s' if count != 1 else ''}, block influence)"
 
     def setup(self, model: nn.Module) -> None:
         self.spec = get_architecture(model)

@@ -40,7 +40,7 @@ from torch import nn
 from ..models.architectures import decoder_layers, get_architecture
 from ..models.devices import is_offloaded
 from ..models.shrink import (add_zero_bias, attention_geometry, attention_linears, bias_switch_works, block_indices,
-                             keep_attention_heads, keep_mlp_neurons, layer_shape, mlp_linears)
+                             keep_attention_heads, keep_mlp_neurons, layer_shape, mlp_linears, removed_units)
 from ..sparsity.masks import num_to_prune
 from ..sparsity.statistics import InputStatistics, StatisticsSpec
 from ..utils.checks import check_choice, check_number
@@ -207,6 +207,7 @@ class StructuredPruner(PruningMethod):
                              "model without disk/CPU offload (no offload_folder / max_memory spill)")
         self.spec, self.model_config = spec, model.config
         self.layers = decoder_layers(model, spec)
+        self.shapes_before = [layer_shape(layer, spec) for layer in self.layers]  # for the report's unit counts
         if self.options.importance == "fluctuation":
             self._check_bias(self.layers[0])
 
@@ -293,7 +294,8 @@ class StructuredPruner(PruningMethod):
                     self._shrink(index, kind, layer_scores, remove)
         for kind in self.switch_on:
             self._turn_on_biases(kind)
-        return {"layer_shapes": [layer_shape(layer, self.spec) for layer in self.layers]}
+        shapes = [layer_shape(layer, self.spec) for layer in self.layers]
+        return {"layer_shapes": shapes, "removed_units": removed_units(self.shapes_before, shapes, self.kinds)}
 
     def _turn_on_biases(self, kind: str) -> None:
         """Give every projection of this kind a bias (zeros where none) and set the config flag that builds them."""

@@ -135,6 +135,29 @@ def layer_shape(layer: nn.Module, spec: ArchitectureSpec) -> dict[str, int]:
     return shape
 
 
+def removed_units(before: list[dict[str, int]], after: list[dict[str, int]],
+                  kinds: tuple[str, ...]) -> dict[str, dict[str, int]]:
+    """Units removed of each pruned kind (``"mlp"``, ``"heads"``), summed over the layers, from their
+    :func:`layer_shape` before and after: ``{unit: {"removed": n, "total": n}}``, ``unit`` one of
+    ``mlp_neurons``, ``kv_groups``, ``query_heads`` (a layer with a single K/V head loses query heads) or
+    ``attention_heads`` (multi-head attention, where a KV group is one head)."""
+    counts: dict[str, dict[str, int]] = {}
+    for old, new in zip(before, after):
+        for kind in kinds:
+            if kind == "mlp":
+                unit, key = "mlp_neurons", "intermediate_size"
+            elif old["num_key_value_heads"] == 1:
+                unit, key = "query_heads", "num_attention_heads"
+            elif old["num_attention_heads"] > old["num_key_value_heads"]:
+                unit, key = "kv_groups", "num_key_value_heads"
+            else:
+                unit, key = "attention_heads", "num_attention_heads"
+            count = counts.setdefault(unit, {"removed": 0, "total": 0})
+            count["removed"] += old[key] - new[key]
+            count["total"] += old[key]
+    return counts
+
+
 def resize_layer(layer: nn.Module, spec: ArchitectureSpec, shape: dict[str, int]) -> None:
     """Give a layer the widths in ``shape`` (keeping the first neurons / whole leading KV groups).
 
