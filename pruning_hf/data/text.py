@@ -21,6 +21,8 @@ from typing import Sequence
 
 import torch
 
+from ..utils.network import hub_unreachable
+
 __all__ = ["DataSourceError", "load_texts", "tokenize_texts", "sample_windows", "consecutive_windows",
            "calibration_windows", "parse_hub_source"]
 
@@ -112,6 +114,13 @@ def _load_hub(source: str, text_column: str) -> list[str]:
     hub = parse_hub_source(source)
     import datasets
 
+    if not datasets.config.HF_HUB_OFFLINE:  # offline, datasets answers at once (from its cache, or an error)
+        reason = hub_unreachable()
+        if reason is not None:  # else datasets retries for half a minute before the same conclusion
+            raise DataSourceError(
+                f"could not load Hub dataset {source!r} (path={hub.path!r}): {reason}. Without network access, "
+                "pass a local .txt/.jsonl file or folder, or 'embedded'; a dataset already in the datasets cache "
+                "loads with HF_DATASETS_OFFLINE=1")
     try:
         dataset = datasets.load_dataset(hub.path, hub.name, split=hub.split, data_files=hub.data_files)
     except Exception as err:  # datasets raises many types (ConnectionError, DatasetNotFoundError, ...)

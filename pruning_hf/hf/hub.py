@@ -15,6 +15,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from ..utils.network import hub_endpoint
 from ..utils.storage import atomic_file
 from .cards import write_model_card
 from .files import CARD_FILE
@@ -28,12 +29,6 @@ class HubPushError(RuntimeError):
 
 def _redact(text: str, token: str | None) -> str:
     return text.replace(token, "***") if token else text
-
-
-def _endpoint(endpoint: str | None) -> str:
-    from huggingface_hub import constants
-
-    return (endpoint or os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
 
 
 def _check_repo_id(repo_id: str) -> str:
@@ -100,7 +95,7 @@ def _upload(folder: Path, repo_id: str, *, what: str, untouched: str, private: b
     """Create the repo and upload ``folder``; a failure is one HubPushError naming ``what`` was pushed."""
     from huggingface_hub import HfApi
 
-    url = _endpoint(endpoint)
+    url = hub_endpoint(endpoint)
     api = HfApi(endpoint=url, token=token)
     with _RetryCounter() as counter:
         try:

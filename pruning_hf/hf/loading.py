@@ -8,6 +8,7 @@ gigabytes is loaded. :meth:`Preflight.load_model` then loads the weights.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,11 +21,14 @@ from ..engine.resume import check_resumable
 from ..evaluation.session import EvaluationData, prepare_evaluation
 from ..evaluation.settings import EvaluationConfig
 from ..models.architectures import context_length, supported_model_types
-from ..models.embedded import is_embedded, resolve_model_path
+from ..models.embedded import EMBEDDED_MODELS, EMBEDDED_PREFIX, is_embedded, resolve_model_path
+from ..utils.network import hub_unreachable
 from ..utils.storage import check_output_dir
 
 __all__ = ["ModelLoadError", "Preflight", "preflight", "resolve_name", "model_config", "load_model", "load_tokenizer",
            "coerce_config"]
+
+logger = logging.getLogger(__name__)
 
 #: from_pretrained keywords that also apply to reading a config or a tokenizer
 _SHARED_KWARGS = ("revision", "token", "trust_remote_code", "cache_dir", "local_files_only", "subfolder")
@@ -59,7 +63,31 @@ def resolve_name(name_or_path: str | os.PathLike) -> str:
         return str(path)
     if name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise ModelLoadError(f"model folder {name!r} does not exist")
+    _check_hub_model(name)
     return name
+
+
+def _check_hub_model(name: str) -> None:
+    """A Hub id must be downloadable or in the local Hugging Face cache: without network (or with
+    HF_HUB_OFFLINE) fail in seconds, naming the model, the reason and what works offline."""
+    reason = hub_unreachable()
+    if reason is None:
+        return
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        cached = isinstance(try_to_load_from_cache(name, "config.json"), str)
+    except Exception:  # not a valid repo id: transformers words that error
+        cached = False
+    if cached:
+        if "HF_HUB_OFFLINE" not in reason:
+            logger.warning("the Hub is unreachable (%s): %r loads from the local cache after huggingface_hub's "
+                           "retries; set HF_HUB_OFFLINE=1 to skip them", reason, name)
+        return
+    embedded = ", ".join(EMBEDDED_PREFIX + key for key in EMBEDDED_MODELS)
+    raise ModelLoadError(f"cannot load model {name!r}: it is not a local folder, it cannot be downloaded ({reason}) "
+                         f"and it is not in the local Hugging Face cache. Offline, give a local checkpoint folder "
+                         f"(with config.json) or an embedded model ({embedded})")
 
 
 def model_config(name: str, hf_kwargs: dict[str, Any] | None = None):
