@@ -230,9 +230,13 @@ class PruningConfig:
         return self.method_class.needs_calibration(self) or self.allocation in PREPASS_ALLOCATIONS or self.refine
 
     # --- serialisation (from the fields) --------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, applicable_only: bool = False) -> dict[str, Any]:
+        """All fields, or with ``applicable_only`` those that say something for the method (see
+        ``PruningMethod.applies``; ``from_dict`` restores the others as they were)."""
         data = {}
         for f in dataclasses.fields(self):
+            if applicable_only and not self.method_class.applies(f.name, self):
+                continue
             value = getattr(self, f.name)
             data[f.name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else (
                 list(value) if isinstance(value, list) else value)

@@ -177,10 +177,11 @@ def render_model_card(folder: str | os.PathLike, repo_id: str | None = None, loc
         datasets=datasets, tags=["pruning_hf", "pruned", pruning["method"],
                                  *(["structured-pruning"] if shrunk else ["sparse", pattern_tag])],
         eval_results=eval_results, co2_eq_emissions=_co2_metadata(energy))
-    description = PruningConfig.from_dict(pruning).describe()
+    pruning_config = PruningConfig.from_dict(pruning)
+    description = pruning_config.describe()
     source_for_command = pruned_from if pruned_from and not Path(pruned_from).exists() else "BASE_MODEL"
     plots = [name for name in SWEEP_PLOTS if (folder / name).is_file()]
-    config_yaml = yaml.safe_dump({k: v for k, v in pruning.items() if k != "pruning_hf_version"}, sort_keys=False)
+    config_yaml = yaml.safe_dump(pruning_config.to_dict(applicable_only=True), sort_keys=False)
     return ModelCard.from_template(
         card_data, template_path=str(TEMPLATES / "pruned_model.md"),
         title=f"{model_name}", description=description, base=base, pruned_from=pruned_from,

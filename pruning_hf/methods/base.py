@@ -117,6 +117,27 @@ class PruningMethod:
     def needs_calibration(cls, config) -> bool:
         return cls.statistics is not None
 
+    @classmethod
+    def applies(cls, field_name: str, config) -> bool:
+        """Whether a PruningConfig field says something for this method with ``config``'s values (what a
+        model card lists): unset fields do not, nor fields the method ignores at their defaults (``pattern``
+        for methods that remove whole units, ``scope`` without ``scopes``, a single allocation, OWL's
+        knobs without OWL, refinement where it cannot refine or is off)."""
+        value = getattr(config, field_name)
+        if value is None or value == [] or (field_name == "options" and not dataclasses.asdict(value)):
+            return False
+        if field_name == "pattern":
+            return not cls.changes_shapes or value != "unstructured"
+        if field_name == "scope":
+            return bool(cls.scopes)
+        if field_name == "allocation":
+            return len(cls.allocations) > 1 or value != cls.allocations[0]
+        if field_name in ("owl_m", "owl_lambda"):
+            return config.allocation == "owl"
+        if field_name in ("refine", "refine_iterations"):
+            return cls.refinable and (field_name == "refine" or config.refine)
+        return True
+
     def input_statistics(self) -> StatisticsSpec | None:
         """What the engine collects for each target Linear of a layer before :meth:`prune_layer`
         (refinement needs ``X^T X`` whatever the method reads)."""
