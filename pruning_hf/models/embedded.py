@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import importlib.util
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -21,6 +22,9 @@ __all__ = ["EMBEDDED_PREFIX", "EMBEDDED_MODELS", "is_embedded", "resolve_model_p
 
 logger = logging.getLogger(__name__)
 EMBEDDED_PREFIX = "embedded:"
+#: config attributes transformers' GGUF loader copies from the file's metadata ("general.name"): no stock
+#: config has them, and they would travel into every pruned checkpoint's config.json
+GGUF_LEFTOVERS = ("_model_name_or_path",)
 
 
 def cache_root() -> Path:
@@ -80,6 +84,8 @@ def _convert(entry: EmbeddedModel, target: Path) -> None:
     loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
     config = loaded.config
     del config.quantization_config
+    for key in GGUF_LEFTOVERS:
+        config.__dict__.pop(key, None)
     config.name_or_path = f"{EMBEDDED_PREFIX}{entry.name}"
     plain = AutoModelForCausalLM.from_config(config)
     plain.load_state_dict(loaded.state_dict())
@@ -105,10 +111,25 @@ def resolve_model_path(name: str) -> str:
         raise ValueError(f"unknown embedded model {name!r}; available: "
                          + ", ".join(EMBEDDED_PREFIX + k for k in EMBEDDED_MODELS))
     target = cache_root() / "embedded" / key
-    if not (target / "config.json").is_file():
+    if not (target / "config.json").is_file() or _has_gguf_leftovers(target):
         target.parent.mkdir(parents=True, exist_ok=True)
         with open(target.parent / f".{key}.lock", "w") as lock:  # one conversion at a time
             fcntl.flock(lock, fcntl.LOCK_EX)
             if not (target / "config.json").is_file():
                 _convert(EMBEDDED_MODELS[key], target)
+            elif _has_gguf_leftovers(target):  # converted by an older version: clean its config once
+                _drop_gguf_leftovers(target)
     return str(target)
+
+
+def _has_gguf_leftovers(folder: Path) -> bool:
+    return any(key in json.loads((folder / "config.json").read_text()) for key in GGUF_LEFTOVERS)
+
+
+def _drop_gguf_leftovers(folder: Path) -> None:
+    from ..utils.storage import atomic_file
+
+    path = folder / "config.json"
+    data = {k: v for k, v in json.loads(path.read_text()).items() if k not in GGUF_LEFTOVERS}
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
