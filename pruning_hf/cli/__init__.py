@@ -28,8 +28,8 @@ FAILURES = (HubPushError, CheckpointWriteError)
 
 
 def build_parser() -> Parser:
-    parser = Parser(prog="pruning-hf", description="Prune Hugging Face causal language models without retraining, "
-                                                   "and measure what you traded.")
+    parser = Parser(prog="pruning-hf", description="The pruning-hf command line: prune Hugging Face causal language "
+                                                   "models without retraining, and measure what you traded.")
     sub = parser.add_subparsers(dest="command", required=True)
     for subcommand in SUBCOMMANDS:
         subcommand.add(sub)
