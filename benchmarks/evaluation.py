@@ -32,7 +32,6 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from pruning_hf import PruningConfig  # noqa: E402
-from pruning_hf.evaluation.energy import DEFAULT_COUNTRY_ISO  # noqa: E402
 from pruning_hf import prune_and_compare  # noqa: E402
 import common  # noqa: E402
 
@@ -41,7 +40,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small budget: checks the pipeline, numbers are noisy")
     parser.add_argument("--eval-text", default=None, help="perplexity text (default: WikiText-2 valid, else embedded@test)")
-    parser.add_argument("--country-iso", default=DEFAULT_COUNTRY_ISO, help="grid for CO2e (ISO alpha-3)")
+    parser.add_argument("--country-iso", default="USA", help="grid for CO2e (ISO alpha-3; default USA, as in the README)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "evaluation.json"))
     args = parser.parse_args()

@@ -32,9 +32,10 @@ FakeCPU.__name__ = "CPU"  # the tracker reads hardware kinds by class name, as c
 class FakeTracker:
     """Stands in for codecarbon's OfflineEmissionsTracker with known readings per task."""
 
-    def __init__(self, country_iso_code: str, **kwargs) -> None:
+    def __init__(self, country_iso_code: str | None = None, **kwargs) -> None:
         self._hardware = [FakeCPU()]
         self._start_time = None
+        self._country_iso_code = country_iso_code
 
     def start(self) -> None:
         self._start_time = 0.0
@@ -64,7 +65,7 @@ def test_card_metadata_parses_with_model_index_and_co2_in_grams(make_checkpoint,
     assert co2["emissions"] == pytest.approx(KG_PER_RUN * 1000)  # grams, the Hub convention
     assert co2["geographical_location"] == "France" and co2["hardware_used"].startswith("Test CPU (")
     assert "codecarbon" in co2["source"] and "estimated" in co2["source"]
-    assert co2["training_type"] == "pruning (no retraining)"
+    assert co2["training_type"] == "pruning"
     (evaluated,) = card.data.eval_results
     assert evaluated.metric_type == "perplexity" and evaluated.task_type == "text-generation"
     assert evaluated.metric_value == pytest.approx(result.metrics["perplexity"], rel=1e-4)
@@ -76,7 +77,8 @@ def test_card_metadata_parses_with_model_index_and_co2_in_grams(make_checkpoint,
 
     body = card.text
     assert "## Dense vs pruned" in body and "| perplexity |" in body and "| non-zero parameters |" in body
-    assert "0.010000 kWh, 2.5000 g CO2e" in body  # the pruning run, from the fake readings
+    assert "0.01 kWh, 2.5 g CO2e" in body and "**estimate**" in body  # the pruning run, from the fake readings
+    assert "France (set with country_iso_code / --country-iso)" in body
     assert "method: sparsegpt" in body and "pattern: '2:4'" in body  # how it was pruned
     assert "name: tiny-sparsegpt" in body and "pruning-hf run recipe.yaml" in body  # recipe + reproduction
     assert "sparse tensor cores" in body  # limitation specific to N:M
@@ -102,7 +104,8 @@ def test_card_is_regenerated_on_every_save_and_by_the_cli(make_checkpoint, token
     card = ModelCard.load(folder / "README.md")
     assert card.data.base_model == "facebook/opt-125m" and "magnitude 30% unstructured" in card.text
     assert "pruning-hf prune facebook/opt-125m --method magnitude --sparsity 0.3" in card.text
-    assert card.data.eval_results is None and "co2_eq_emissions" not in card.data.to_dict()  # nothing measured
+    assert card.data.eval_results is None  # nothing evaluated; the pruning run's energy is tracked by default
+    assert card.data.co2_eq_emissions["emissions"] > 0
 
     reloaded = AutoPrunedModel.from_pretrained(folder)
     prune(reloaded, {"method": "magnitude", "sparsity": 0.6}, tokenizer, progress=False)

@@ -50,7 +50,9 @@ def test_evaluate_model_samples_and_single_entry(tokenizer, text_file):
     report = evaluate_model(tiny_model("opt"), tokenizer, text=str(text_file), seq_len=32, max_windows=2,
                             sample_tokens=4, progress=False, name="opt")
     entry = report["opt"]
-    assert entry["perplexity"]["windows"] == 2 and entry["efficiency"] is None and entry["energy"] is None
+    assert entry["perplexity"]["windows"] == 2 and entry["efficiency"] is None
+    assert entry["energy"]["perplexity"]["energy_kwh"] > 0  # energy is on by default
+    assert entry["energy"]["generation"]["generated_tokens"] == 2 * 8 * 32  # rounds x batch x new tokens
     assert [s["prompt"] for s in entry["samples"]][:1] == ["The capital of France is"]
     assert all(s["new_tokens"] <= 4 for s in entry["samples"])
     assert "Greedy samples:" in report.to_markdown() and report.ratios() == {}
@@ -70,7 +72,8 @@ def test_from_pretrained_evaluate_gives_dense_vs_pruned_and_saves_it(make_checkp
     assert pruned["pruning"]["sparsity"] == pytest.approx(0.5, abs=0.01)
     assert pruned["pruning"]["config"]["calibration"]["num_samples"] == 4
     assert pruned["size"]["parameters"]["nonzero"] < dense["size"]["parameters"]["nonzero"]
-    assert pruned["energy"]["pruning"]["energy_kwh"] > 0 and pruned["energy"]["generation"]["generated_tokens"] == 8
+    assert pruned["energy"]["pruning"]["energy_kwh"] > 0 and pruned["energy"]["generation"]["generated_tokens"] == 16
+    assert pruned["energy"]["generation"]["interleaved_with"] == ["dense"]  # rounds alternate with the dense copy
     assert report.energy["tracking"]["summary"]
     assert "energy, pruning (Wh)" in report.to_markdown()
 

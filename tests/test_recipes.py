@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from huggingface_hub import ModelCard
 
 from pruning_hf import EvaluationReport, AutoPrunedModel, Recipe, prune
 from pruning_hf.cli import main
@@ -187,6 +188,8 @@ def test_offline_recipes_reproduce_their_expected_values_in_quick_form(path, tmp
     code = main(["run", str(path), "--quick", "--check", "--no-progress", "--output", str(tmp_path / path.stem)])
     out = capsys.readouterr().out
     assert code == 0, out
+    card = ModelCard.load(tmp_path / path.stem / "README.md")  # every recipe records energy: the card carries it
+    assert card.data.co2_eq_emissions["emissions"] > 0 and "| energy per 1k generated tokens (Wh) |" in card.text
 
 
 def test_reloaded_checkpoint_saved_again_keeps_its_recipe_and_measurements(make_checkpoint, tmp_path):

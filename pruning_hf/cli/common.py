@@ -10,12 +10,11 @@ import typing
 from pathlib import Path
 
 from ..config import PruningConfig
-from ..evaluation.energy import DEFAULT_COUNTRY_ISO
 from ..evaluation.settings import EvaluationConfig
 
 __all__ = ["EXIT_BAD_INPUT", "CLIError", "Parser", "split", "bool_arg", "add_model_loading", "hf_kwargs",
            "add_pruning_command", "add_config_fields", "config_values", "config_from_args", "add_measurements", "measurement_settings",
-           "eval_default", "check_report_path"]
+           "add_energy", "eval_default", "check_report_path"]
 
 EXIT_BAD_INPUT = 2
 _CONFIG_DEST = "config:"  # argparse dests of PruningConfig flags: "config:" + the field path
@@ -144,11 +143,19 @@ def add_measurements(group, prefix: str = "") -> None:
                        help="also measure latency, tokens/s, peak memory, checkpoint size and FLOPs")
     group.add_argument("--repeats", type=int, default=eval_default("repeats"),
                        help="timed repeats per speed measurement (median)")
-    group.add_argument("--energy", action="store_true",
-                       help="also measure energy and CO2e with codecarbon (offline; says whether RAPL or an estimate)")
-    group.add_argument("--country-iso", default=DEFAULT_COUNTRY_ISO,
-                       help=f"ISO alpha-3 country of the electricity grid for CO2e (default {DEFAULT_COUNTRY_ISO})")
+    add_energy(group)
     group.add_argument("--no-samples", action="store_true", help="skip the greedy generation samples")
+
+
+def add_energy(group) -> None:
+    """``--energy`` / ``--no-energy`` (on by default) and ``--country-iso``."""
+    group.add_argument("--energy", action=argparse.BooleanOptionalAction, default=eval_default("energy"),
+                       help="measure energy and CO2e with codecarbon's offline tracker: the pruning run, and the "
+                            "evaluation's workloads (on by default; the report says whether RAPL / NVML were read "
+                            "or codecarbon estimated)")
+    group.add_argument("--country-iso", default=eval_default("country_iso_code"), metavar="ISO3",
+                       help="ISO alpha-3 country of the electricity grid for CO2e, e.g. FRA (default: codecarbon's "
+                            "configuration, else the world average)")
 
 
 def measurement_settings(args, **given) -> EvaluationConfig:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..hf.loading import preflight
 from ..workflows.iterative import iterative_prune
-from .common import CLIError, add_pruning_command, config_from_args, config_values, hf_kwargs, split
+from .common import CLIError, add_energy, add_pruning_command, config_from_args, config_values, hf_kwargs, split
 
 __all__ = ["add", "run"]
 
@@ -25,6 +25,7 @@ def add(sub) -> None:
     it.add_argument("--validation", default="embedded@test", help="validation text source (default embedded@test)")
     it.add_argument("--validation-seq-len", type=int, default=512)
     it.add_argument("--validation-windows", type=int, default=16)
+    add_energy(parser.add_argument_group("energy of the search"))
     parser.set_defaults(func=run)
 
 
@@ -41,7 +42,7 @@ def run(args) -> int:
     result = iterative_prune(model, config, args.validation, tokenizer=ready.tokenizer, steps=steps, step=args.step,
                              max_increase=args.max_ppl_increase, windows=ready.windows,
                              validation_seq_len=args.validation_seq_len, validation_windows=args.validation_windows,
-                             progress=not args.no_progress)
+                             progress=not args.no_progress, energy=args.energy, country_iso_code=args.country_iso)
     print(f"validation: {args.validation} ({result.validation_tokens:,} predicted tokens), dense perplexity "
           f"{result.dense_perplexity:.3f}, budget +{args.max_ppl_increase:.1%}\n")
     print("| sparsity | perplexity | vs dense | within budget |\n|---|---|---|---|")

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import sys
 
-from ..evaluation.energy import DEFAULT_COUNTRY_ISO
 from ..methods import get_method
 from ..workflows.pareto import OBJECTIVES
 from ..workflows.sweep import sweep
-from .common import CLIError, add_config_fields, add_model_loading, config_values, eval_default, hf_kwargs, split
+from .common import CLIError, add_config_fields, add_energy, add_model_loading, config_values, eval_default, hf_kwargs, \
+    split
 
 __all__ = ["add", "run"]
 
@@ -32,9 +32,7 @@ def add(sub) -> None:
                     help="accuracy tasks (piqa, arc_easy, ... or NAME=FILE.jsonl); budgets may use NAME_acc>=VALUE")
     ev.add_argument("--task-limit", type=int, default=None, help="first N examples of each task")
     ev.add_argument("--no-efficiency", action="store_true", help="skip latency and tokens/s")
-    ev.add_argument("--no-energy", action="store_true", help="skip codecarbon energy")
-    ev.add_argument("--country-iso", default=DEFAULT_COUNTRY_ISO,
-                    help=f"grid carbon intensity country for codecarbon (ISO alpha-3, default {DEFAULT_COUNTRY_ISO})")
+    add_energy(ev)
     rec = parser.add_argument_group("recommendation")
     rec.add_argument("--budget", default="ppl_increase<=10%",
                      help="comma-separated METRIC<=VALUE terms, e.g. 'ppl_increase<=10%%' (default)")
@@ -57,7 +55,7 @@ def run(args) -> int:
     if unused:
         raise CLIError(f"option(s) {unused} belong to none of the swept methods {chosen}")
     evaluation = {"text": args.eval_text, "seq_len": args.eval_seq_len, "max_windows": args.eval_windows,
-                  "efficiency": not args.no_efficiency, "energy": not args.no_energy,
+                  "efficiency": not args.no_efficiency, "energy": args.energy,
                   "country_iso_code": args.country_iso, "tasks": split(args.tasks) or [], "task_limit": args.task_limit,
                   "progress": not args.no_progress}
     try:

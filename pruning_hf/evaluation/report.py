@@ -27,14 +27,19 @@ A checkpoint saved after an evaluation holds it as ``evaluation_report.json``. J
                                 "prefill": {"batch", "seq_len", "median_seconds", "tokens_per_second"},
                                 "decode": {"1": {"batch", "prompt_len", "new_tokens", "median_seconds",
                                                  "decode_seconds", "tokens_per_second"}, "8": {...}},
-                                "memory": {"peak_rss_bytes", "rss_peak_reset", "peak_gpu_bytes"}, "timed_with"},
+                                "memory": {"peak_rss_bytes", "rss_peak_reset", "peak_gpu_bytes"},
+                                "timing": {"mode" ("interleaved" | "alone"), "held", "fits", "model_bytes",
+                                           "available_bytes", "needed_bytes"}, "timed_with"},
           "energy": null | {PHASE: {"name", "seconds", "energy_kwh", "cpu_kwh", "gpu_kwh", "ram_kwh",
                                     "emissions_kg", "emissions_g", "generated_tokens",
-                                    ["kwh_per_1k_tokens", "g_per_1k_tokens"]}}
-                    # phases: "perplexity", "generation" (fixed workload), "pruning" (pruned models)
+                                    ["kwh_per_1k_tokens", "g_per_1k_tokens"]} | {"name", "seconds", "error"}}
+                    # phases: "perplexity", "generation" (fixed workload; + "rounds", "interleaved_with"),
+                    # "pruning" (the pruning run, as in pruning_report.json: + country, tracking, "source")
       }],
-      "energy": null | {"country_iso_code", "codecarbon_version",
-                        "tracking": {"tracking_mode", "cpu", "gpu", "ram", "hardware", "measured", "summary"}},
+      "energy": null | {"country_iso_code" (null: codecarbon's default), "country", "country_source",
+                        "codecarbon_version",
+                        "tracking": {"tracking_mode", "cpu", "gpu", "ram", "hardware", "measured", "summary"}}
+                | {"error"},                                            # codecarbon could not run: why
       "ratios": {NAME: {METRIC: value / baseline value}}   # every model but the baseline
     }
 """
@@ -72,6 +77,8 @@ METRICS: dict[str, tuple[str, str]] = {
     "energy_kwh": ("energy of the perplexity workload (codecarbon)", "kWh"),
     "emissions_g": ("CO2-equivalent of the perplexity workload (codecarbon)", "g"),
     "energy_wh_per_1k_tokens": ("energy per 1000 evaluated tokens", "Wh"),
+    "generation_wh_per_1k_tokens": ("energy per 1000 generated tokens (fixed greedy workload, interleaved rounds)", "Wh"),
+    "generation_g_per_1k_tokens": ("CO2-equivalent per 1000 generated tokens (same workload)", "g"),
     "pruning_seconds": ("wall time of the pruning run", "s"),
     "pruning_energy_kwh": ("energy of the pruning run (codecarbon)", "kWh"),
     "pruning_emissions_g": ("CO2-equivalent of the pruning run (codecarbon)", "g"),
@@ -97,11 +104,14 @@ def entry_metrics(entry: dict) -> dict[str, float]:
         metrics["prefill_ms"] = efficiency["prefill"]["median_seconds"] * 1000
         decode = efficiency["decode"].get("1") or next(iter(efficiency["decode"].values()), None)
         metrics["decode_tokens_per_s"] = decode["tokens_per_second"] if decode else None
-    phases = entry.get("energy") or {}
+    phases = {name: phase for name, phase in (entry.get("energy") or {}).items() if "energy_kwh" in phase}  # measured
     if phases.get("perplexity") and quality.get("tokens"):
         phase = phases["perplexity"]
         metrics.update(energy_kwh=phase["energy_kwh"], emissions_g=phase["emissions_g"],
                        energy_wh_per_1k_tokens=phase["energy_kwh"] * 1e6 / quality["tokens"])
+    if phases.get("generation", {}).get("kwh_per_1k_tokens") is not None:
+        metrics.update(generation_wh_per_1k_tokens=phases["generation"]["kwh_per_1k_tokens"] * 1e3,
+                       generation_g_per_1k_tokens=phases["generation"]["g_per_1k_tokens"])
     pruning = entry.get("pruning")
     if pruning:
         metrics.update(sparsity=pruning.get("sparsity"), pruning_seconds=pruning.get("total_seconds"))

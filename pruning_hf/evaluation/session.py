@@ -1,9 +1,14 @@
 """Measuring in-memory models on identical data: one :class:`EvaluationSession` per report.
 
 The session loads nothing: callers hand it models (the ``hf`` and ``workflows`` layers load and prune
-them). Each :meth:`EvaluationSession.add` measures one model's quality right away and its costs
-(efficiency, generation energy) right after, or, with ``side_by_side``, for all models together at
-the end, round by round. Energy phases share one codecarbon tracker, open while the session is.
+them). Each :meth:`EvaluationSession.add` measures one model's quality right away; its costs
+(efficiency, generation energy) are measured for all held models together when the session closes
+(or at :meth:`EvaluationSession.measure_held`), round by round, so a busy spell slows every model
+alike. A model is held when ``side_by_side`` says so or, by default, when it fits in memory
+(:func:`~pruning_hf.utils.memory.available_bytes`, checked and reported under ``efficiency.timing``);
+otherwise it is timed alone right after its quality, which the report says is weaker. Energy phases
+share one codecarbon tracker, open while the session is; a pruning run's own energy
+(``model.pruning_energy``, recorded by ``prune``) becomes the model's ``pruning`` phase.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from typing import Any, Iterator, Mapping
 from ..data.text import DataSourceError, load_texts, tokenize_texts
 from ..models.architectures import context_length
 from ..models.devices import execution_device
+from ..utils.memory import available_bytes
 from .efficiency import measure_efficiencies, parameter_counts
 from .energy import EnergyTracker, PhaseEnergy
 from .generation import DEFAULT_PROMPTS, greedy_generate, greedy_samples, synthetic_prompts
@@ -87,8 +93,7 @@ class EvaluationSession:
 
         with EvaluationSession(data) as session:
             session.add("dense", model, tokenizer, keep_copy=True)
-            with session.phase("pruned", "pruning"):
-                prune(model, config, tokenizer)
+            prune(model, config, tokenizer)        # its energy joins the session's tracker
             session.add("pruned", model, tokenizer)
         report = session.report()
     """
@@ -98,7 +103,9 @@ class EvaluationSession:
         self.energy = EnergyTracker(self.config.country_iso_code, self.config.energy_output_file) \
             if self.config.energy else None
         self.entries: dict[str, dict] = {}
-        self.kept: dict[str, Any] = {}
+        self.held: dict[str, Any] = {}
+        self._timing: dict[str, dict] = {}
+        self._measured: set[str] = set()  # models whose costs are measured
         self._phases: dict[str, dict[str, dict]] = {}
 
     def __enter__(self) -> "EvaluationSession":
@@ -107,9 +114,9 @@ class EvaluationSession:
         return self
 
     def __exit__(self, *exc) -> None:
-        if exc[0] is None and self.kept:
-            self._measure_costs(self.kept)
-            self.kept.clear()
+        if exc[0] is None and any(name not in self._measured for name in self.held):
+            self.measure_held()
+        self.held.clear()
         if self.energy is not None:
             self.energy.stop()
 
@@ -124,26 +131,48 @@ class EvaluationSession:
         self._phases.setdefault(name, {})[phase] = record.to_dict()
 
     def add(self, name: str, model, tokenizer, keep_copy: bool = False) -> dict:
-        """Evaluate ``model`` as ``name``; with ``keep_copy`` a side-by-side session keeps a copy (the caller
+        """Evaluate ``model`` as ``name``; a held model is kept as a copy with ``keep_copy`` (the caller
         changes the model next). Returns the model's report entry."""
         if name in self.entries:
             raise ValueError(f"two models are named {name!r}; names must be unique")
         self.entries[name] = self._quality(model, tokenizer, name)
-        if self.config.side_by_side:
-            self.kept[name] = copy.deepcopy(model) if keep_copy else model
-        else:
+        if self._hold(name, model, keep_copy):
+            self.held[name] = copy.deepcopy(model) if keep_copy else model
+        elif self._has_costs():
             self._measure_costs({name: model})
         return self.entries[name]
 
+    def measure_held(self, keep: tuple[str, ...] = ()) -> None:
+        """Measure the costs of the held models now, round by round; then release all but ``keep``."""
+        if self.held:
+            self._measure_costs(dict(self.held))
+        self.held = {name: model for name, model in self.held.items() if name in keep}
+
+    def _has_costs(self) -> bool:
+        return self.config.efficiency or (self.energy is not None and self.config.energy_rounds > 0)
+
+    def _hold(self, name: str, model, keep_copy: bool) -> bool:
+        """Whether ``model`` waits for the interleaved cost rounds (see the module docstring)."""
+        if not self._has_costs():
+            return False
+        size = self.entries[name]["size"]["weights_bytes"]
+        device = execution_device(model.get_input_embeddings())
+        free = available_bytes(device)
+        # room for this model's copy (or the next model's load) and activations, beyond what is held already
+        needed = 2 * size + (1 << 30)
+        fits = free is None or free >= needed
+        held = self.config.side_by_side if self.config.side_by_side is not None else fits
+        self._timing[name] = {"held": held, "asked": self.config.side_by_side, "fits": fits, "model_bytes": size,
+                              "available_bytes": free, "needed_bytes": needed}
+        return held
+
     def report(self, names: list[str] | None = None) -> EvaluationReport:
         """The report of the models added so far (``names``: a subset, in that order)."""
-        if self.kept:
-            raise RuntimeError("a side-by-side session measures its costs when it closes; call report() after the "
-                               "`with` block")
+        if any(name not in self._measured for name in self.held):
+            raise RuntimeError("the session measures the costs of held models when it closes; call report() after "
+                               "the `with` block")
         entries = [self.entries[name] for name in (names or list(self.entries))]
-        energy_info = None
-        if self.energy is not None:
-            energy_info = {k: v for k, v in self.energy.to_dict().items() if k != "phases"}
+        energy_info = self.energy.info() if self.energy is not None else None
         ppl = entries[0]["perplexity"]
         data = {"text": {"source": self.config.text, "tokens": ppl["tokens"], "windows": ppl["windows"],
                          "seq_len": ppl["seq_len"], "text_tokens": self.data.text_tokens},
@@ -159,12 +188,15 @@ class EvaluationSession:
         model.eval()
         report = getattr(model, "pruning_report", None)
         counts = parameter_counts(model)
+        phases = dict(self._phases.get(name, {}))
+        if getattr(model, "pruning_energy", None) and "pruning" not in phases:
+            phases["pruning"] = model.pruning_energy  # recorded by prune(), or read from the checkpoint
         entry: dict[str, Any] = {
             "name": name, "model": _model_info(model), "pruning": report.to_dict() if report else None,
             "size": {"parameters": {"total": counts["total"], "nonzero": counts["nonzero"]},
                      "weights_bytes": counts["bytes"]},
             "tasks": {}, "samples": None, "efficiency": None,
-            "energy": dict(self._phases.get(name, {})) if self.energy is not None else None}
+            "energy": phases if self.energy is not None or phases else None}
         with self.energy.phase(f"{name}/perplexity") if self.energy is not None else nullcontext() as record:
             entry["perplexity"] = load_metric("perplexity").compute(
                 texts=self.data.texts, model=model, tokenizer=tokenizer, seq_len=config.seq_len,
@@ -181,11 +213,14 @@ class EvaluationSession:
     def _measure_costs(self, models: Mapping[str, Any]) -> None:
         """Efficiency and the energy of the fixed generation workload; several models alternate round by round."""
         config = self.config
+        self._measured.update(models)
         if config.efficiency:
             results = measure_efficiencies(models, prefill_batch=config.prefill_batch, prefill_seq_len=config.seq_len,
                                            decode_batches=config.decode_batches, new_tokens=config.new_tokens,
                                            repeats=config.repeats, disk=config.disk)
             for name, result in results.items():
+                timing = self._timing.get(name, {})
+                result["timing"] = {**timing, "mode": "interleaved" if len(models) > 1 else "alone"}
                 self.entries[name]["efficiency"] = result
         if self.energy is None or not config.energy_rounds:
             return
@@ -195,11 +230,13 @@ class EvaluationSession:
         rounds: dict[str, list[PhaseEnergy]] = {name: [] for name in models}
         for index in range(config.energy_rounds):
             for name, run in workloads.items():
-                with self.energy.phase(f"{name}/generation/{index}", tokens) as record:
+                with self.energy.phase(f"{name}/generation/{len(self.energy.phases)}", tokens) as record:
                     run()
                 rounds[name].append(record)
         for name, records in rounds.items():
-            self.entries[name]["energy"]["generation"] = PhaseEnergy.combined("generation", records).to_dict()
+            self.entries[name]["energy"]["generation"] = {**PhaseEnergy.combined("generation", records).to_dict(),
+                                                          "rounds": config.energy_rounds,
+                                                          "interleaved_with": [n for n in models if n != name]}
 
 
 def prepared(config: EvaluationConfig | Mapping | EvaluationData | None, tokenizer, overrides: dict) -> EvaluationData:

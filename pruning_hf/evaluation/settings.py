@@ -18,11 +18,10 @@ from .tasks import TASK_SUFFIX, parse_task_list, task_names
 
 __all__ = ["EvaluationConfig", "FULL_EVALUATION", "COMPACT"]
 
-#: what ``from_pretrained(..., evaluate=True)`` adds to the defaults
+#: what ``from_pretrained(..., evaluate=True)`` adds to the defaults (energy is on by default)
 FULL_EVALUATION = {"efficiency": True, "energy": True}
-#: settings of sweep points and recipes: no greedy samples, decode speed at batch 1 only, no checkpoint
-#: write and no generation-energy workload per model (energy is that of the perplexity windows)
-COMPACT = {"samples": False, "decode_batches": [1], "disk": False, "energy_rounds": 0}
+#: settings of sweep points and recipes: no greedy samples, decode speed at batch 1 only, no checkpoint write
+COMPACT = {"samples": False, "decode_batches": [1], "disk": False}
 
 
 @dataclass
@@ -47,17 +46,18 @@ class EvaluationConfig:
     decode_batches: list[int] = field(default_factory=lambda: [1, 8], metadata={"help": "Decode batch sizes."})
     new_tokens: int = field(default=32, metadata={"help": "Tokens generated per decode timing."})
     disk: bool = field(default=True, metadata={"help": "Measure checkpoint bytes (saves to a temporary folder)."})
-    side_by_side: bool = field(default=False, metadata={"help": (
-        "Keep every model in memory and alternate their speed and energy runs round by round: fair ratios "
-        "on a busy machine, at the cost of memory for all models. Otherwise each model is timed after its "
-        "quality evaluation.")})
-    energy: bool = field(default=False, metadata={"help": "codecarbon energy and CO2e per phase."})
-    country_iso_code: str = field(default=DEFAULT_COUNTRY_ISO, metadata={"help": (
-        "ISO 3166-1 alpha-3 country whose grid carbon intensity converts kWh to CO2e.")})
+    side_by_side: bool | None = field(default=None, metadata={"help": (
+        "Keep the models in memory and alternate their speed and energy runs round by round (fair ratios on "
+        "a busy machine). None: when they fit in memory (checked and reported); False: time each model "
+        "alone, right after its quality evaluation.")})
+    energy: bool = field(default=True, metadata={"help": "codecarbon energy and CO2e per phase (offline)."})
+    country_iso_code: str | None = field(default=DEFAULT_COUNTRY_ISO, metadata={"help": (
+        "ISO 3166-1 alpha-3 country whose grid carbon intensity converts kWh to CO2e (None: codecarbon's "
+        "configuration, else the world average).")})
     energy_batch: int = field(default=8, metadata={"help": "Batch of the fixed generation workload."})
-    energy_new_tokens: int = field(default=64, metadata={"help": "Tokens per sequence of that workload."})
-    energy_rounds: int = field(default=1, metadata={"help": (
-        "Times the generation workload runs per model (summed); 0: no generation workload.")})
+    energy_new_tokens: int = field(default=32, metadata={"help": "Tokens per sequence of that workload."})
+    energy_rounds: int = field(default=2, metadata={"help": (
+        "Rounds of the generation workload per model (summed; models alternate round by round); 0: none.")})
     energy_output_file: str | None = field(default=None, metadata={"help": "Also write codecarbon's CSV here."})
     progress: bool = field(default=True, metadata={"help": "Progress bars."})
 
@@ -75,8 +75,7 @@ class EvaluationConfig:
                 check_int(name, getattr(self, name), 1)
         self.decode_batches = [check_int("decode_batches[]", b, 1) for b in self.decode_batches]
         self.tasks = parse_task_list(self.tasks)
-        if self.energy:
-            self.country_iso_code = check_country_iso(self.country_iso_code)
+        self.country_iso_code = check_country_iso(self.country_iso_code)  # also the pruning run's grid
 
     @classmethod
     def coerce(cls, value: "EvaluationConfig | Mapping | bool | None" = None, **overrides: Any) -> "EvaluationConfig":
@@ -116,4 +115,6 @@ class EvaluationConfig:
             names += ["prefill_ms", "decode_tokens_per_s"]
         if self.energy:
             names += ["energy_kwh", "emissions_g", "energy_wh_per_1k_tokens"]
+            if self.energy_rounds:
+                names += ["generation_wh_per_1k_tokens", "generation_g_per_1k_tokens"]
         return names

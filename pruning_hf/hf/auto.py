@@ -40,7 +40,7 @@ class AutoPrunedModel:
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike,
                         pruning: PruningConfig | dict | str | None = None, *, tokenizer=None,
                         progress: bool = True, evaluate: bool | dict | Any = False, activation_storage: str = "cpu",
-                        **hf_kwargs: Any):
+                        energy: bool = True, country_iso_code: str | None = None, **hf_kwargs: Any):
         """Load ``pretrained_model_name_or_path`` (Hub id, local folder, or ``embedded:NAME``).
 
         Args:
@@ -55,6 +55,9 @@ class AutoPrunedModel:
                 loaded. ``True`` and dicts include efficiency and energy unless they turn them off.
             activation_storage: where calibration activations wait between layers ("cpu", a
                 device, or "disk").
+            energy / country_iso_code: track the pruning run's energy and CO2e (on by default; the
+                country defaults to the evaluation's, else codecarbon's default), see
+                :func:`~pruning_hf.hf.pruning.prune`.
             **hf_kwargs: passed to ``AutoModelForCausalLM.from_pretrained`` (``device_map``,
                 ``dtype``, ``max_memory``, ``offload_folder``, ``revision``, ``token`` ...). A model
                 bigger than memory: ``device_map="auto", max_memory={"cpu": "8GiB"},
@@ -71,7 +74,9 @@ class AutoPrunedModel:
                                                          name=str(pretrained_model_name_or_path))
             return model
         model = ready.load_model()
-        prune_options = {"activation_storage": activation_storage, "windows": ready.windows}
+        prune_options = {"activation_storage": activation_storage, "windows": ready.windows, "energy": energy}
+        if country_iso_code is not None or ready.evaluation is None:
+            prune_options["country_iso_code"] = country_iso_code
         if ready.evaluation is not None:
             prune_and_compare(model, ready.tokenizer, config, ready.evaluation, progress=progress,
                               prune_options=prune_options)

@@ -24,7 +24,7 @@ from ..models.embedded import EMBEDDED_MODELS, EMBEDDED_PREFIX, is_embedded
 from ..utils.storage import atomic_file
 from .files import CARD_FILE, EVALUATION_FILE, LEGACY_EVALUATION_FILE, RECIPE_FILE, SWEEP_PLOTS
 
-__all__ = ["TEMPLATES", "render_model_card", "write_model_card", "reproduce_command", "base_model_id"]
+__all__ = ["TEMPLATES", "render_model_card", "write_model_card", "reproduce_command", "base_model_id", "energy_line"]
 
 TEMPLATES = Path(__file__).parent / "model_cards"  # a link to the repository's top-level model_cards/
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
@@ -78,9 +78,19 @@ _TABLE_ROWS = (
     ("weight_bytes", "weights as stored (dense safetensors)", _bytes),
     ("prefill_ms", "prefill latency (batch 1, ms)", lambda v: f"{v:.1f}"),
     ("decode_tokens_per_s", "decode speed (tokens/s, batch 1)", lambda v: f"{v:.1f}"),
+    ("generation_wh_per_1k_tokens", "energy per 1k generated tokens (Wh)", lambda v: f"{v:.4f}"),
+    ("generation_g_per_1k_tokens", "CO2e per 1k generated tokens (g)", lambda v: f"{v:.4f}"),
     ("energy_wh_per_1k_tokens", "energy per 1k evaluated tokens (Wh)", lambda v: f"{v:.4f}"),
     ("emissions_g", "CO2e of the evaluation workload (g)", lambda v: f"{v:.4f}"),
 )
+
+
+def energy_line(energy: dict) -> str:
+    """One line for a pruning run's energy (:meth:`~pruning_hf.evaluation.energy.EnergyTracker.summary`)."""
+    if energy.get("error"):
+        return f"not measured ({energy['error']})"
+    return (f"{energy['energy_kwh'] * 1e3:.4g} Wh, {energy['emissions_g']:.4g} g CO2e in {energy['seconds']:.1f} s "
+            f"({energy['source']}; grid: {energy.get('country', '?')}, {energy.get('country_source', '?')})")
 
 
 def _comparison_rows(evaluation: dict) -> list[dict[str, str]]:
@@ -113,24 +123,34 @@ def _card_evaluation(folder: Path) -> dict:
         return legacy or {}
     converted = {"settings": {"text": report.settings.get("text"), "seq_len": report.settings.get("seq_len")},
                  "dense": report.metrics(report.baseline), "pruned": report.metrics()}
-    if report.energy:
+    if report.energy and not report.energy.get("error"):
         tracking = report.energy.get("tracking") or {}
-        info = {"country": country_name(report.energy["country_iso_code"]), "hardware": tracking.get("hardware", "?"),
+        info = {"country": country_name(report.energy.get("country_iso_code")), "hardware": tracking.get("hardware", "?"),
                 "source": describe_source(report.energy)}
         converted["pruned"]["energy_info"] = info
         pruning = (report.models[-1].get("energy") or {}).get("pruning")
-        if pruning:
-            converted["pruning_energy"] = {"energy_kwh": pruning["energy_kwh"], "emissions_g": pruning["emissions_g"],
-                                           "duration_s": pruning["seconds"], **info}
+        if pruning and "energy_kwh" in pruning:  # a report written before pruning_report.json held the energy
+            converted["pruning_energy"] = {"tracking": tracking, "country_iso_code": report.energy.get("country_iso_code"),
+                                           "codecarbon_version": report.energy.get("codecarbon_version"), **pruning}
     return converted
 
 
+def _pruning_energy(report: dict, evaluation: dict) -> dict | None:
+    """The pruning run's energy for the card: ``pruning_report.json`` (every run since it was on by default), else
+    the evaluation report's ``pruning`` phase; with ``country`` / ``hardware`` / ``source`` filled in."""
+    energy = report.get("energy") or evaluation.get("pruning_energy")
+    if not energy or energy.get("error"):
+        return energy
+    return {**energy, "country": energy.get("country") or country_name(energy.get("country_iso_code")),
+            "hardware": (energy.get("tracking") or {}).get("hardware", "?"),
+            "source": energy.get("source") or describe_source(energy)}
+
+
 def _co2_metadata(energy: dict | None) -> dict | None:
-    if not energy:
+    if not energy or energy.get("error"):
         return None
-    return {"emissions": round(energy["emissions_g"], 6), "source": energy["source"],
-            "training_type": "pruning (no retraining)", "geographical_location": energy["country"],
-            "hardware_used": energy["hardware"]}
+    return {"emissions": float(f"{energy['emissions_g']:.6g}"), "source": energy["source"], "training_type": "pruning",
+            "geographical_location": energy["country"], "hardware_used": energy["hardware"]}
 
 
 def render_model_card(folder: str | os.PathLike, repo_id: str | None = None, location: str | None = None):
@@ -171,7 +191,7 @@ def render_model_card(folder: str | os.PathLike, repo_id: str | None = None, loc
     if pruning.get("method") != "magnitude" and not calibration_source.startswith("embedded") \
             and not Path(calibration_source).expanduser().exists():
         datasets = [parse_hub_source(calibration_source).path]
-    energy = evaluation.get("pruning_energy")
+    energy = _pruning_energy(report, evaluation)
     card_data = ModelCardData(
         base_model=base, library_name="transformers", pipeline_tag="text-generation", model_name=model_name,
         datasets=datasets, tags=["pruning_hf", "pruned", pruning["method"],

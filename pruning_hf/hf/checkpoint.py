@@ -24,7 +24,8 @@ from .cards import write_model_card
 from .files import ATTACHMENTS, EVALUATION_FILE, PRUNING_REPORT_FILE
 from .quantizer import check_quantization_config, set_saved_feature
 
-__all__ = ["save_checkpoint", "compress_checkpoint", "read_pruning_report", "read_evaluation", "read_attachments"]
+__all__ = ["save_checkpoint", "compress_checkpoint", "read_pruning_report", "read_pruning_energy", "read_evaluation",
+           "read_attachments"]
 
 OFFLOADED_SHARD_SIZE = "1GB"  # shard size when saving an offloaded model (transformers' default is 50GB)
 
@@ -51,7 +52,9 @@ def save_checkpoint(model, save_directory: str | os.PathLike, compress: bool = F
         if getattr(model, "tokenizer", None) is not None:
             model.tokenizer.save_pretrained(tmp)
         if getattr(model, "pruning_report", None) is not None:
-            (tmp / PRUNING_REPORT_FILE).write_text(json.dumps(model.pruning_report.to_dict(), indent=2))
+            energy = getattr(model, "pruning_energy", None)  # kWh, CO2e and source of the run, or why missing
+            report = {**model.pruning_report.to_dict(), **({"energy": energy} if energy else {})}
+            (tmp / PRUNING_REPORT_FILE).write_text(json.dumps(report, indent=2))
         for name, content in (getattr(model, "attachments", None) or {}).items():  # recipe, sweep files, plots
             (tmp / name).write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
         if getattr(model, "evaluation_report", None) is not None:
@@ -59,9 +62,19 @@ def save_checkpoint(model, save_directory: str | os.PathLike, compress: bool = F
         write_model_card(tmp, location=str(save_directory))
 
 
-def read_pruning_report(folder: str | os.PathLike) -> PruningReport | None:
+def _pruning_report_json(folder: str | os.PathLike) -> dict | None:
     path = Path(folder) / PRUNING_REPORT_FILE
-    return PruningReport.from_dict(json.loads(path.read_text())) if path.is_file() else None
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def read_pruning_report(folder: str | os.PathLike) -> PruningReport | None:
+    data = _pruning_report_json(folder)
+    return PruningReport.from_dict({k: v for k, v in data.items() if k != "energy"}) if data is not None else None
+
+
+def read_pruning_energy(folder: str | os.PathLike) -> dict | None:
+    """The pruning run's energy saved in ``pruning_report.json`` (``None`` when it was not tracked)."""
+    return (_pruning_report_json(folder) or {}).get("energy")
 
 
 def read_evaluation(folder: str | os.PathLike) -> EvaluationReport | None:

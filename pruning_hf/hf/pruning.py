@@ -1,7 +1,7 @@
-"""Pruning Hugging Face models: :func:`prune` (the engine plus the bookkeeping a checkpoint needs),
-:func:`prune_and_compare` (dense -> prune -> pruned, measured on the same data), and the attributes
-and methods a pruned model carries (``pruning_config``, ``pruning_report``, ``save_pretrained``,
-``push_to_hub``).
+"""Pruning Hugging Face models: :func:`prune` (the engine plus the bookkeeping a checkpoint needs, and
+the run's energy), :func:`prune_and_compare` (dense -> prune -> pruned, measured on the same data), and
+the attributes and methods a pruned model carries (``pruning_config``, ``pruning_report``,
+``pruning_energy``, ``save_pretrained``, ``push_to_hub``).
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import os
 import types
+from contextlib import nullcontext
 from typing import Any, Mapping
 
 from ..config import PruningConfig
@@ -16,12 +17,13 @@ from ..data.text import calibration_windows
 from ..engine import check_targets, prune_model
 from ..engine.report import PruningReport
 from ..engine.resume import check_resumable
+from ..evaluation.energy import check_country_iso, tracked
 from ..evaluation.report import EvaluationReport
 from ..evaluation.session import EvaluationData, EvaluationSession, check_seq_len, prepared
 from ..evaluation.settings import EvaluationConfig
 from ..models.architectures import context_length
 from ..models.embedded import public_model_name
-from .checkpoint import read_attachments, read_evaluation, read_pruning_report, save_checkpoint
+from .checkpoint import read_attachments, read_evaluation, read_pruning_energy, read_pruning_report, save_checkpoint
 from .hub import push_model
 from .loading import coerce_config, load_model, load_tokenizer, model_config, resolve_name
 from .quantizer import store_layer_shapes
@@ -45,10 +47,11 @@ def stored_pruning_config(model) -> PruningConfig | None:
 
 
 def attach(model, config: PruningConfig | None, report: PruningReport | None, tokenizer,
-           evaluation: EvaluationReport | None = None):
+           evaluation: EvaluationReport | None = None, energy: dict | None = None):
     """Give a loaded model pruning_hf's attributes and its atomic ``save_pretrained`` / ``push_to_hub``."""
     model.pruning_config = config
     model.pruning_report = report
+    model.pruning_energy = energy
     model.evaluation_report = evaluation
     model.tokenizer = tokenizer
     model.save_pretrained = types.MethodType(save_checkpoint, model)
@@ -59,13 +62,15 @@ def attach(model, config: PruningConfig | None, report: PruningReport | None, to
 def load_pretrained(name: str, tokenizer, **hf_kwargs: Any):
     """Load a (possibly pruned) checkpoint as it is: its recorded config, reports and attachments come along."""
     model = load_model(name, **hf_kwargs)
-    attach(model, stored_pruning_config(model), read_pruning_report(name), tokenizer, read_evaluation(name))
+    attach(model, stored_pruning_config(model), read_pruning_report(name), tokenizer, read_evaluation(name),
+           read_pruning_energy(name))
     model.attachments = read_attachments(name)
     return model
 
 
 def prune(model, config: PruningConfig | dict | str, tokenizer=None, progress: bool = True, windows=None,
-          activation_storage: str = "cpu", resume_dir: str | os.PathLike | None = None) -> PruningReport:
+          activation_storage: str = "cpu", resume_dir: str | os.PathLike | None = None, *, energy: bool = True,
+          country_iso_code: str | None = None) -> PruningReport:
     """Prune an already-loaded causal LM in place; returns the :class:`~pruning_hf.engine.report.PruningReport`.
 
     Calibration windows are built from ``config.calibration`` with ``tokenizer`` unless given.
@@ -73,26 +78,35 @@ def prune(model, config: PruningConfig | dict | str, tokenizer=None, progress: b
     how it was made and reloads with stock ``from_pretrained``. ``activation_storage``: where
     calibration activations wait between layers ("cpu", a device, or "disk"). ``resume_dir``: a
     folder for a checkpoint after every decoder layer; rerun with it to continue an interrupted run.
+
+    ``energy`` (default on): the run (calibration windows included) is tracked with codecarbon's
+    offline tracker (a tracker already open in the process is reused); the result, or why it is
+    missing, is ``model.pruning_energy``, saved in ``pruning_report.json`` and the model card.
+    ``country_iso_code``: the grid of its CO2e (default: codecarbon's configuration, else the world
+    average).
     """
     config = coerce_config(config)
     check_targets(model, config)  # an unsupported model or a typo in targets fails before calibration
+    country_iso_code = check_country_iso(country_iso_code)
     if resume_dir is not None:
         check_resumable(config, resume_dir)
-    if windows is None and config.needs_calibration:
-        if tokenizer is None:
-            raise ValueError(f"method {config.method!r} needs calibration data: pass tokenizer= (or windows=)")
-        windows = calibration_windows(config.calibration, tokenizer, context_length(model.config))
-    if windows is not None and config.needs_calibration:
-        config = config.as_used(windows)  # seq_len capped at the model's context: record what ran
-    report = prune_model(model, config, windows=windows, progress=progress, activation_storage=activation_storage,
-                         resume_dir=resume_dir)
-    if config.method_class.changes_shapes:
-        store_layer_shapes(model)  # stock config fields, or the pruning_hf quantization config per layer
+    with tracked("pruning", country_iso_code) if energy else nullcontext() as measured:
+        if windows is None and config.needs_calibration:
+            if tokenizer is None:
+                raise ValueError(f"method {config.method!r} needs calibration data: pass tokenizer= (or windows=)")
+            windows = calibration_windows(config.calibration, tokenizer, context_length(model.config))
+        if windows is not None and config.needs_calibration:
+            config = config.as_used(windows)  # seq_len capped at the model's context: record what ran
+        report = prune_model(model, config, windows=windows, progress=progress, activation_storage=activation_storage,
+                             resume_dir=resume_dir)
+        if config.method_class.changes_shapes:
+            store_layer_shapes(model)  # stock config fields, or the pruning_hf quantization config per layer
     model.config.pruning_config = {**config.to_dict(), "pruning_hf_version": _version()}
     if not getattr(model.config, "pruned_from", None):  # a card's base_model; kept when pruned again
         model.config.pruned_from = public_model_name(model.name_or_path)
     # a pruned model's earlier evaluation, recipe and sweep files describe the model before this pruning
-    attach(model, config, report, tokenizer if tokenizer is not None else getattr(model, "tokenizer", None))
+    attach(model, config, report, tokenizer if tokenizer is not None else getattr(model, "tokenizer", None),
+           energy=measured or None)
     model.attachments = {}
     return report
 
@@ -113,11 +127,12 @@ def prune_and_compare(model, tokenizer, pruning, config: EvaluationConfig | Mapp
         progress: progress bars while pruning (and evaluating, unless prepared data says otherwise);
             default: the evaluation settings' ``progress``.
         load_kwargs: passed to ``from_pretrained`` when ``model`` is a name.
-        prune_options: keywords for :func:`prune` (``windows``, ``activation_storage``, ``resume_dir``).
+        prune_options: keywords for :func:`prune` (``windows``, ``activation_storage``, ``resume_dir``,
+            ``energy``, ``country_iso_code``; the country defaults to the evaluation's).
 
-    Each pruned entry carries its pruning report and, with ``energy=True``, a ``pruning`` energy
-    phase. With a single config and a loaded model, the report is also attached as
-    ``model.evaluation_report`` (``save_pretrained`` writes it as ``evaluation_report.json``).
+    Each pruned entry carries its pruning report and its ``pruning`` energy phase (unless
+    ``prune_options={"energy": False}``). With a single config and a loaded model, the report is also
+    attached as ``model.evaluation_report`` (``save_pretrained`` writes it as ``evaluation_report.json``).
     """
     single = not isinstance(pruning, Mapping) or "method" in pruning
     runs = {None: coerce_config(pruning)} if single else {name: coerce_config(c) for name, c in pruning.items()}
@@ -139,13 +154,13 @@ def prune_and_compare(model, tokenizer, pruning, config: EvaluationConfig | Mapp
             return load_pretrained(model, tokenizer, **load_kwargs)
         return model if last else copy.deepcopy(model)
 
+    prune_options = {"country_iso_code": data.config.country_iso_code, **(prune_options or {})}
     with EvaluationSession(data) as session:
         session.add(dense_name, fresh(last=False) if from_name else model, tokenizer, keep_copy=not from_name)
         for index, (name, pruning_config) in enumerate(runs.items()):
             name = name or pruning_config.describe()
             target = fresh(last=index == len(runs) - 1)
-            with session.phase(name, "pruning"):
-                prune(target, pruning_config, tokenizer, progress=progress, **(prune_options or {}))
+            prune(target, pruning_config, tokenizer, progress=progress, **prune_options)  # tracks its energy
             session.add(name, target, tokenizer)
             del target
     report = session.report()

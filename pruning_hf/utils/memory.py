@@ -17,7 +17,8 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["PeakMemory", "resident_bytes", "reset_rss_peak", "rss_peak_bytes", "reset_gpu_peak", "gpu_high_water"]
+__all__ = ["PeakMemory", "resident_bytes", "available_bytes", "reset_rss_peak", "rss_peak_bytes", "reset_gpu_peak",
+           "gpu_high_water"]
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 _GPU_HIGH_WATER: dict[int, int] = {}  # device index -> peak allocated bytes seen before a reset
@@ -29,6 +30,19 @@ def resident_bytes() -> int | None:
         with open("/proc/self/statm") as statm:
             return int(statm.read().split()[1]) * _PAGE
     except (OSError, IndexError, ValueError):
+        return None
+
+
+def available_bytes(device: torch.device | str = "cpu") -> int | None:
+    """Memory a new allocation can still get: free CUDA memory of a GPU, else the system's ``MemAvailable``
+    (Linux ``/proc/meminfo``); ``None`` where it cannot be read."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        meminfo = Path("/proc/meminfo").read_text()
+        return int(re.search(r"MemAvailable:\s+(\d+) kB", meminfo).group(1)) * 1024
+    except (OSError, AttributeError):
         return None
 
 

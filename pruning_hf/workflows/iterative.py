@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
@@ -20,6 +21,7 @@ import torch
 from ..config import PruningConfig
 from ..data.text import calibration_windows, consecutive_windows, load_texts, tokenize_texts
 from ..engine import PruningReport, select_targets
+from ..evaluation.energy import tracked
 from ..evaluation.perplexity import window_nll
 from ..hf.pruning import prune
 from ..models.architectures import context_length, weight_matrix
@@ -116,7 +118,7 @@ def _restore(targets: dict[str, torch.nn.Module], saved: dict[str, torch.Tensor]
 def iterative_prune(model, config: PruningConfig, validation, *, tokenizer=None, steps: Sequence[float] | None = None,
                     step: float = 0.1, max_increase: float = 0.10, windows: torch.Tensor | None = None,
                     validation_seq_len: int = 512, validation_windows: int | None = 16, batch_size: int = 4,
-                    progress: bool = True) -> IterativeResult:
+                    progress: bool = True, energy: bool = True, country_iso_code: str | None = None) -> IterativeResult:
     """Prune ``model`` in place in rising sparsity steps; keep the last step within the perplexity budget.
 
     Args:
@@ -130,6 +132,8 @@ def iterative_prune(model, config: PruningConfig, validation, *, tokenizer=None,
         windows: calibration windows (built once from ``config.calibration`` with ``tokenizer`` if
             omitted and needed) shared by every step.
         validation_seq_len / validation_windows: how a text source is cut (consecutive windows).
+        energy / country_iso_code: track the whole search (every step and validation) as the kept
+            model's pruning energy (see :func:`~pruning_hf.hf.pruning.prune`).
     Returns:
         :class:`IterativeResult`; the model holds the kept step's weights, ``pruning_config`` and
         ``pruning_report`` (or its dense weights if no step met the budget).
@@ -151,16 +155,26 @@ def iterative_prune(model, config: PruningConfig, validation, *, tokenizer=None,
         nll, count = window_nll(model, val, batch_size)
         return math.exp(nll / count), count
 
+    with tracked("pruning", country_iso_code) if energy else nullcontext() as measured:
+        result = _search(model, config, tokenizer, steps, max_increase, windows, targets, validation_perplexity,
+                         progress)
+    if result.report is not None and measured:
+        model.pruning_energy = measured
+    return result
+
+
+def _search(model, config, tokenizer, steps, max_increase, windows, targets, validation_perplexity,
+            progress) -> IterativeResult:
     dense_perplexity, tokens = validation_perplexity()
     result = IterativeResult(0.0, dense_perplexity, max_increase, tokens)
     kept_state = (getattr(model, "pruning_config", None), getattr(model, "pruning_report", None),
-                  getattr(model.config, "pruning_config", None))
+                  getattr(model.config, "pruning_config", None), getattr(model, "pruning_energy", None))
     saved = _snapshot(targets)
     budget = dense_perplexity * (1.0 + max_increase)
     for sparsity in steps:
         step_config = PruningConfig.from_dict({**config.to_dict(), "sparsity": sparsity})
         start = time.perf_counter()
-        report = prune(model, step_config, tokenizer, progress=progress, windows=windows)
+        report = prune(model, step_config, tokenizer, progress=progress, windows=windows, energy=False)
         pruned_at = time.perf_counter()
         perplexity, _ = validation_perplexity()
         accepted = perplexity <= budget
@@ -171,10 +185,10 @@ def iterative_prune(model, config: PruningConfig, validation, *, tokenizer=None,
                     "kept" if accepted else "over budget, undone")
         if not accepted:
             _restore(targets, saved)
-            model.pruning_config, model.pruning_report, model.config.pruning_config = kept_state
+            model.pruning_config, model.pruning_report, model.config.pruning_config, model.pruning_energy = kept_state
             break
         result.sparsity, result.report = sparsity, report
-        kept_state = (model.pruning_config, model.pruning_report, model.config.pruning_config)
+        kept_state = (model.pruning_config, model.pruning_report, model.config.pruning_config, None)
         if sparsity != steps[-1]:
             saved = _snapshot(targets)
     return result

@@ -250,8 +250,8 @@ class Recipe:
             if self.dense:
                 session.add("dense", model, ready.tokenizer, keep_copy=True)
             name = self.pruning.describe()
-            with session.phase(name, "pruning"):
-                prune(model, self.pruning, ready.tokenizer, progress=progress, windows=ready.windows)
+            prune(model, self.pruning, ready.tokenizer, progress=progress, windows=ready.windows,
+                  energy=settings.energy, country_iso_code=settings.country_iso_code)  # tracks its energy
             session.add(name, model, ready.tokenizer)
         report = session.report()
         metrics = report.metrics()

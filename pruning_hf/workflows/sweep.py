@@ -105,10 +105,8 @@ def sweep(model: str, methods: Sequence[str] | str = ("magnitude", "wanda", "spa
                       evaluation=settings)
     result = SweepResult(state["dense"], [], parsed_budget, objective, None, output, skipped)
     with EvaluationSession(ready.evaluation) as session:
-        if state["dense"] is None:
-            entry = session.add("dense", ready.load_model(), ready.tokenizer)
-            state["dense"] = {k: v for k, v in entry_metrics(entry).items() if is_metric(k)}
-            result.dense = state["dense"]
+        if state["dense"] is None or todo:  # the dense model is timed next to each point (when it fits in memory)
+            session.add("dense", ready.load_model(), ready.tokenizer)
         bar = tqdm(list(configs.items()), desc="sweep", unit="point", disable=not progress)
         for key, config in bar:
             bar.set_postfix_str(_label(config))
@@ -116,11 +114,15 @@ def sweep(model: str, methods: Sequence[str] | str = ("magnitude", "wanda", "spa
                 result.reused += 1
                 continue
             point_model = ready.load_model()
-            with session.phase(key, "pruning"):
-                prune(point_model, config, ready.tokenizer, progress=False, windows=ready.windows)
-            metrics = {k: v for k, v in entry_metrics(session.add(key, point_model, ready.tokenizer)).items()
-                       if is_metric(k)}
+            prune(point_model, config, ready.tokenizer, progress=False, windows=ready.windows,
+                  energy=settings.energy, country_iso_code=settings.country_iso_code)
+            session.add(key, point_model, ready.tokenizer)
             del point_model
+            session.measure_held(keep=("dense",))  # this point's costs, in rounds alternating with the dense model
+            if state["dense"] is None:
+                state["dense"] = {k: v for k, v in entry_metrics(session.entries["dense"]).items() if is_metric(k)}
+                result.dense = state["dense"]
+            metrics = {k: v for k, v in entry_metrics(session.entries[key]).items() if is_metric(k)}
             state["points"][key] = {"key": key, "label": _label(config), "method": config.method,
                                     "pattern": config.pattern, "config": config.to_dict(), **metrics,
                                     **relative_metrics(metrics, result.dense)}
@@ -145,8 +147,9 @@ def _save_best(result: SweepResult, config: PruningConfig, ready: Preflight, tar
         session.add("dense", ready.load_model(), ready.tokenizer)
         model = ready.load_model()
         name = _label(config)
-        with session.phase(name, "pruning"):
-            prune(model, config, ready.tokenizer, progress=progress, windows=ready.windows)
+        settings = ready.evaluation.config
+        prune(model, config, ready.tokenizer, progress=progress, windows=ready.windows, energy=settings.energy,
+              country_iso_code=settings.country_iso_code)
         session.add(name, model, ready.tokenizer)
     model.evaluation_report = session.report()
     model.attachments = {SWEEP_FILE: (result.output / SWEEP_FILE).read_bytes(),
