@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,14 +21,16 @@ import yaml
 from .methods import METHODS, get_method, option_owners
 from .sparsity.allocation import PREPASS_ALLOCATIONS
 from .sparsity.masks import Pattern, parse_pattern
-from .utils.checks import (YamlAnchorError, check_int, check_number, check_str, name_list, reject_unknown,
-                           safe_yaml_load, shown)
+from .utils.checks import (YamlAnchorError, check_choice, check_int, check_number, check_str, name_list,
+                           reject_unknown, safe_yaml_load, shown)
+from .utils.cli_fields import CliField, dataclass_cli_fields, flag_words
 
 __all__ = ["CalibrationConfig", "PruningConfig", "CliField"]
 
 OWL_M = 5.0  # OWL paper (Yin et al., 2024) defaults, as in their LLaMA scripts
 OWL_LAMBDA = 0.08
 REFINE_ITERATIONS = 16
+SCHEDULES = ("auto", "sublayer", "layer")
 
 
 @dataclass
@@ -63,46 +64,6 @@ class CalibrationConfig:
             raise ValueError(f"calibration must be a dict or CalibrationConfig, got {shown(value)}")
         reject_unknown("calibration key", value, [f.name for f in dataclasses.fields(cls)])
         return cls(**value)
-
-
-@dataclass(frozen=True)
-class CliField:
-    """One command-line flag derived from a config field.
-
-    ``path``: where the value goes (``("sparsity",)``, ``("calibration", "seq_len")``, ``("options", "dampening")``);
-    ``kind``: ``float``, ``int``, ``str``, ``list`` (comma-separated), ``switch`` (a flag that sets
-    True) or ``bool`` (takes true / false).
-    """
-
-    flag: str
-    path: tuple[str, ...]
-    kind: str
-    help: str
-    default: Any
-
-
-def _kind(hint: Any, default: Any, switch: bool) -> str:
-    options = [h for h in typing.get_args(hint) if h is not type(None)] or [hint]
-    base = options[0]
-    if typing.get_origin(base) is list:
-        return "list"
-    if base is bool:
-        return "switch" if switch and default is False else "bool"
-    return {float: "float", int: "int"}.get(base, "str")
-
-
-def _dataclass_fields(cls, prefix: tuple[str, ...], switches: bool, skip: tuple[str, ...] = ()) -> list[CliField]:
-    hints = typing.get_type_hints(cls)
-    found = []
-    for f in dataclasses.fields(cls):
-        if f.name in skip:
-            continue
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
-        flag = f.metadata.get("flag") or f"--{f.name.replace('_', '-')}"
-        found.append(CliField(flag, (*prefix, f.name), _kind(hints[f.name], default, switches),
-                              f.metadata.get("help", ""), default))
-    return found
 
 
 @dataclass(init=False)
@@ -148,6 +109,18 @@ class PruningConfig:
         "conjugate-gradient steps); never increases that error. Needs calibration data; not with block patterns.")})
     refine_iterations: int = field(default=REFINE_ITERATIONS, metadata={"help": (
         "Refinement swap rounds per Linear; each round makes at most one swap per row.")})
+    schedule: str = field(default="auto", metadata={"help": (
+        "How each decoder layer meets the calibration data. 'sublayer': its attention sub-block, then its MLP "
+        "sub-block, every matmul once and with pruned weights, so each Linear's statistics come from the inputs "
+        "it will really see (o_proj / down_proj after q/k/v / gate/up are pruned: SparseGPT's 'true sequential'); "
+        "about half the forward passes. 'layer': the whole layer twice (statistics with its dense weights, then "
+        "its pruned outputs). 'auto': 'sublayer' where the family's layout is known (OPT, Llama family, Gemma, "
+        "GPT-2) and the method prunes Linear by Linear (magnitude, wanda, sparsegpt), else 'layer'.")})
+    dense_targets: bool = field(default=False, metadata={"help": (
+        "Fit each pruned Linear to the dense model's output on the dense model's input, min ||W X_dense - W' X||, "
+        "so errors of earlier layers are corrected instead of carried forward (asymmetric calibration, as GPTAQ). "
+        "Carries the dense model's activations beside the pruned ones (2x activation memory) and one more "
+        "X^T X_dense per input, and runs each layer once more with dense weights. Methods: sparsegpt.")})
 
     def __init__(self, method: str, **values: Any) -> None:
         method_cls = get_method(method)
@@ -183,6 +156,21 @@ class PruningConfig:
         self.options = method_cls.make_options(merged)
         method_cls.validate_config(self)
         self._check_allocation_and_refinement(given)
+        self._check_schedule(given)
+
+    def _check_schedule(self, given: dict[str, Any]) -> None:
+        """Validate the schedule and dense-target fields against the method."""
+        self.schedule = check_choice("schedule", given["schedule"], SCHEDULES)
+        if self.schedule == "sublayer" and not self.method_class.sub_blocks:
+            raise ValueError(f"schedule='sublayer' prunes a layer in sub-blocks; method {self.method!r} needs the "
+                             "whole layer at once: use schedule='layer' (or 'auto')")
+        if not isinstance(given["dense_targets"], bool):
+            raise ValueError(f"dense_targets must be true or false, got {shown(given['dense_targets'])}")
+        self.dense_targets = given["dense_targets"]
+        if self.dense_targets and not self.method_class.fits_dense_targets:
+            owners = [name for name, cls in METHODS.items() if cls.fits_dense_targets]
+            raise ValueError(f"dense_targets=True re-fits kept weights to the dense model's outputs; method "
+                             f"{self.method!r} does not update weights that way (methods that do: {', '.join(owners)})")
 
     def _check_allocation_and_refinement(self, given: dict[str, Any]) -> None:
         """Validate the layer-allocation and refinement fields against the method and pattern."""
@@ -290,13 +278,13 @@ class PruningConfig:
 
         found: list[CliField] = []
         if "config" in include:
-            found += _dataclass_fields(PruningConfig, (), True, skip=("calibration", "options"))
+            found += dataclass_cli_fields(PruningConfig, (), True, skip=("calibration", "options"))
         if "calibration" in include:
-            found += _dataclass_fields(CalibrationConfig, ("calibration",), True)
+            found += dataclass_cli_fields(CalibrationConfig, ("calibration",), True)
         if "options" in include:
             seen = set()
             for method in METHODS.values():
-                for cli_field in _dataclass_fields(method.Options, ("options",), False):
+                for cli_field in dataclass_cli_fields(method.Options, ("options",), False):
                     if cli_field.flag not in seen:
                         seen.add(cli_field.flag)
                         found.append(cli_field)
@@ -324,12 +312,12 @@ class PruningConfig:
                 continue  # implied by the pattern
             if cli_field.path not in always and value == defaults[cli_field.path]:
                 continue
-            args += _flag_words(cli_field, value)
+            args += flag_words(cli_field, value)
         option_fields = {f.path[1]: f for f in self.cli_fields(("options",))}
         defaults = {f.name: f.default for f in dataclasses.fields(self.options)}
         for name, value in dataclasses.asdict(self.options).items():
             if value != defaults[name]:
-                args += _flag_words(option_fields[name], value)
+                args += flag_words(option_fields[name], value)
         return args
 
     def as_used(self, windows) -> "PruningConfig":
@@ -364,19 +352,8 @@ class PruningConfig:
         words the first part)."""
         extra = f" +{self.allocation}" if self.allocation in PREPASS_ALLOCATIONS else ""
         extra += " +refine" if self.refine else ""
+        extra += " +dense-targets" if self.dense_targets else ""
         return self.method_class.describe(self) + extra
-
-
-def _flag_words(cli_field: CliField, value: Any) -> list[str]:
-    if cli_field.kind == "switch":
-        return [cli_field.flag] if value else []
-    if value is None:
-        return []
-    if cli_field.kind == "list":
-        return [cli_field.flag, ",".join(value)]
-    if cli_field.kind == "bool":
-        return [cli_field.flag, "true" if value else "false"]
-    return [cli_field.flag, str(value)]
 
 
 PruningConfig.__init__.__signature__ = inspect.Signature(  # help() and IDEs show the fields

@@ -19,7 +19,8 @@ from ..models.devices import execution_device
 from .hooks import collect_input_statistics
 from .report import NonFiniteError
 
-__all__ = ["CapturedInputs", "check_activation_storage", "capture_layer_inputs", "run_layer", "head_statistics"]
+__all__ = ["CapturedInputs", "check_activation_storage", "capture_layer_inputs", "run_layer", "call_layer", "check_finite",
+           "head_statistics"]
 
 
 def check_activation_storage(storage: torch.device | str) -> torch.device:
@@ -37,12 +38,14 @@ class CapturedInputs:
     ``hidden[b]`` is the current layer's input for batch ``b``: a ``(batch, seq, hidden)`` tensor on
     the ``storage`` device, or with ``storage="disk"`` the path of a safetensors file holding it (read
     back one batch at a time). ``calls[layer][b]`` holds that layer's other ``(args, kwargs)``.
+    ``dense`` (dense targets only, :meth:`carry_dense`) holds the same layer's input in the dense model.
     """
 
     def __init__(self, num_layers: int, storage: torch.device | str = "cpu") -> None:
         self.on_disk = str(storage) == "disk"
         self.storage = check_activation_storage(storage)
         self.hidden: list[torch.Tensor | str] = []
+        self.dense: list[torch.Tensor | str] | None = None
         self.calls: list[list[tuple[tuple, dict]]] = [[] for _ in range(num_layers)]
         self._folder = tempfile.mkdtemp(prefix="pruning_hf_activations_") if self.on_disk else None
         if self._folder:
@@ -68,12 +71,24 @@ class CapturedInputs:
             item = load_file(item)["hidden"]
         return item.to(device)
 
-    def advance(self, outputs: list[torch.Tensor | str]) -> None:
-        """The outputs of the current layer become the next layer's inputs (old files are deleted)."""
-        for item in self.hidden:
+    def release(self, items: list[torch.Tensor | str]) -> None:
+        """Stored batches no longer needed: their files are deleted."""
+        for item in items:
             if isinstance(item, str):
                 os.remove(item)
+
+    def carry_dense(self) -> None:
+        """Start the dense model's stream from the current inputs (a copy of each batch's file on disk)."""
+        self.dense = [self.store(self.load(item, self.storage)) if self.on_disk else item for item in self.hidden]
+
+    def advance(self, outputs: list[torch.Tensor | str], dense: list[torch.Tensor | str] | None = None) -> None:
+        """The outputs of the current layer become the next layer's inputs (old files are deleted);
+        ``dense``: the dense model's outputs, when it is carried."""
+        self.release(self.hidden)
         self.hidden = outputs
+        if dense is not None:
+            self.release(self.dense or [])
+            self.dense = dense
 
 
 class _InputRecorder(nn.Module):
@@ -128,20 +143,33 @@ def capture_layer_inputs(model: nn.Module, layers: nn.ModuleList, windows: torch
 
 
 @torch.no_grad()
-def run_layer(layer: nn.Module, captured: CapturedInputs, index: int, keep_outputs: bool) -> list[torch.Tensor]:
-    """Run decoder layer ``index`` on every captured batch; return its outputs (on storage) if asked."""
-    from accelerate.utils import send_to_device
-
+def run_layer(layer: nn.Module, captured: CapturedInputs, index: int, keep_outputs: bool,
+              inputs: list[torch.Tensor | str] | None = None) -> list[torch.Tensor | str]:
+    """Run decoder layer ``index`` on every captured batch (``inputs``: another stream of them, e.g. the
+    dense model's); return its outputs (on storage) if asked."""
     device = execution_device(layer)
     outputs = []
-    for hidden, (args, kwargs) in zip(captured.hidden, captured.calls[index]):
-        out = layer(captured.load(hidden, device), *send_to_device(args, device), **send_to_device(kwargs, device))
-        out = out[0] if isinstance(out, (tuple, list)) else out
+    for hidden, call in zip(captured.hidden if inputs is None else inputs, captured.calls[index]):
+        out = call_layer(layer, captured.load(hidden, device), call, device)
         if keep_outputs:
-            if not torch.isfinite(out).all():
-                raise NonFiniteError(f"decoder layer {index} produced NaN/Inf activations; {_finiteness(layer)}")
-            outputs.append(captured.store(out))
+            outputs.append(captured.store(check_finite(out, layer, index)))
     return outputs
+
+
+def call_layer(layer: nn.Module, hidden: torch.Tensor, call: tuple[tuple, dict], device: torch.device) -> torch.Tensor:
+    """Decoder ``layer``'s output hidden states for ``hidden`` and one recorded ``(args, kwargs)`` call."""
+    from accelerate.utils import send_to_device
+
+    args, kwargs = call
+    out = layer(hidden, *send_to_device(args, device), **send_to_device(kwargs, device))
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def check_finite(out: torch.Tensor, layer: nn.Module, index: int) -> torch.Tensor:
+    """``out`` (decoder layer ``index``'s output), or NonFiniteError saying which parameters hold NaN/Inf."""
+    if not torch.isfinite(out).all():
+        raise NonFiniteError(f"decoder layer {index} produced NaN/Inf activations; {_finiteness(layer)}")
+    return out
 
 
 def _finiteness(layer: nn.Module) -> str:

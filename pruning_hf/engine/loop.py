@@ -3,13 +3,14 @@
 1. Capture what every decoder layer is called with (layer 0's hidden states for each calibration
    batch, and each layer's other arguments), by running the base model once with recorders in place
    of the layers (:mod:`.capture`).
-2. For each layer: run it on its inputs with hooks collecting the statistics the method declares
-   (:mod:`.hooks`), let the method prune it, write the weights back (offload-aware), then run it again
-   so its *pruned* outputs become the next layer's inputs (the method may look at both).
+2. For each layer: collect the statistics the method declares, let the method prune it, write the
+   weights back (offload-aware), and keep its *pruned* outputs as the next layer's inputs (the method
+   may look at both). :mod:`.schedule` says how: the whole layer twice (statistics from the dense
+   layer, then the pruned outputs), or its attention then its MLP sub-block, every matmul once.
 3. Let the method finish on the whole model (structured methods shrink layers or drop them here).
 
 Each decoder layer is brought to its compute device once (:func:`~pruning_hf.models.devices.onloaded`)
-for its three steps, so a model dispatched by accelerate with most weights offloaded to CPU RAM or disk
+for its steps, so a model dispatched by accelerate with most weights offloaded to CPU RAM or disk
 is pruned with peak memory of one layer + its statistics + the stored activations, not the whole
 model. A non-uniform ``allocation`` adds a dense pre-pass between 1 and 2 (:mod:`.prepass`). The loop
 knows nothing of a method's maths: it asks the method what to collect and writes what it returns.
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import os
 import time
+from functools import partial
 
 import torch
 from torch import nn
@@ -28,11 +30,11 @@ from ..models.architectures import decoder_layers, get_architecture, weight_matr
 from ..models.devices import execution_device, onloaded, write_weight
 from ..sparsity.allocation import PREPASS_ALLOCATIONS
 from ..utils.memory import PeakMemory, gpu_high_water, rss_peak_bytes
-from .capture import capture_layer_inputs, check_activation_storage, head_statistics, run_layer
-from .hooks import collect_input_statistics
+from .capture import capture_layer_inputs, check_activation_storage, head_statistics
 from .prepass import allocation_prepass
 from .report import LayerRecord, NonFiniteError, PruningReport
 from .resume import LayerCheckpoints, check_resumable
+from .schedule import choose_layout, layer_pass, sublayer_pass
 from .targets import check_targets, targeted_numel
 
 __all__ = ["prune_model"]
@@ -73,10 +75,14 @@ def prune_model(model: nn.Module, config, windows: torch.Tensor | None = None, p
         with onloaded(all_targets.values()):
             method.prepare(all_targets)
     statistics = method.input_statistics()
+    layout = choose_layout(model, config, method, per_layer)  # None: each layer runs whole
+    report.schedule = "sublayer" if layout is not None else "layer"
     captured = None
     if config.needs_calibration:
         report.calibration_tokens = windows.numel()
         captured = capture_layer_inputs(model, layers, windows, config.calibration.batch_size, activation_storage)
+        if statistics is not None and statistics.cross:
+            captured.carry_dense()  # dense targets: the dense model's activations travel beside
         report.capture_seconds = time.perf_counter() - started
     checkpoints = LayerCheckpoints(resume_dir, config, model, windows) if resume_dir is not None else None
     first = checkpoints.restore(per_layer, captured, report) if checkpoints else 0
@@ -90,18 +96,18 @@ def prune_model(model: nn.Module, config, windows: torch.Tensor | None = None, p
         layer_start = time.perf_counter()
         record = LayerRecord(index=index, seconds=0.0)
         targets = per_layer[index]
+        prune = partial(_prune_targets, method, index, record=record)  # (targets, stats): prune and write back
         with PeakMemory(execution_device(layer)) as peak, onloaded([layer]):  # one layer on its device at a time
-            stats = {}
-            if captured is not None and statistics is not None and targets:
-                with collect_input_statistics(targets, statistics.hessian) as stats:
-                    run_layer(layer, captured, index, keep_outputs=False)
-            if targets:
-                _prune_targets(method, index, targets, stats, record)
-            del stats
-            if captured is not None:
-                outputs = run_layer(layer, captured, index, keep_outputs=True)
+            if captured is None:
+                if targets:
+                    prune(targets, {})
+            else:
+                if layout is not None:
+                    outputs, dense = sublayer_pass(layer, layout, captured, index, targets, statistics, prune)
+                else:
+                    outputs, dense = layer_pass(layer, captured, index, targets, statistics, prune)
                 method.observe_layer(index, captured.hidden, outputs)
-                captured.advance(outputs)
+                captured.advance(outputs, dense)
             if checkpoints:
                 record.seconds = time.perf_counter() - layer_start
                 checkpoints.save(index, targets, captured, [*report.layers, record], report.allocation)
@@ -137,12 +143,13 @@ def prune_model(model: nn.Module, config, windows: torch.Tensor | None = None, p
 
 
 def _prune_targets(method, index: int, targets: dict[str, nn.Module], stats: dict, record: LayerRecord) -> None:
-    """Let the method prune ``targets``, check and write back what it returns, and fill ``record``."""
+    """Let the method prune ``targets``, check and write back what it returns, and fill ``record`` (called
+    once per layer, or once per group of Linears of a sub-block)."""
     with onloaded(targets.values()):
         start = time.perf_counter()
         update = method.prune_layer(index, targets, stats)
-        record.method_seconds = time.perf_counter() - start - update.refine_seconds
-        record.refine_seconds = update.refine_seconds
+        record.method_seconds += time.perf_counter() - start - update.refine_seconds
+        record.refine_seconds += update.refine_seconds
         for name, weight in update.weights.items():
             if not torch.isfinite(weight).all():
                 before = "already held NaN/Inf before pruning" if not torch.isfinite(
@@ -151,4 +158,5 @@ def _prune_targets(method, index: int, targets: dict[str, nn.Module], stats: dic
             write_weight(targets[name], weight)
             record.linears[name] = {"sparsity": int((weight == 0).sum()) / weight.numel(), "numel": weight.numel(),
                                     **update.linears.get(name, {})}
-    record.statistics_bytes = sum(s.nbytes for s in {id(s): s for s in stats.values()}.values())
+    held = sum(s.nbytes for s in {id(s): s for s in stats.values()}.values())
+    record.statistics_bytes = max(record.statistics_bytes, held)

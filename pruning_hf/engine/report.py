@@ -38,6 +38,7 @@ class PruningReport:
     model_type: str
     layers: list[LayerRecord] = field(default_factory=list)
     calibration_tokens: int = 0
+    schedule: str = "layer"  # how the layers met the calibration data: "layer" (whole, twice) or "sublayer"
     capture_seconds: float = 0.0
     total_seconds: float = 0.0
     peak_rss_bytes: int = 0

@@ -4,7 +4,8 @@ After layer ``k`` the engine writes into the folder, each file atomically
 (:func:`~pruning_hf.utils.storage.atomic_file`) and the manifest last:
 
 * ``layer_K.safetensors``: the pruned weights of layer ``k``'s target Linears;
-* ``hidden_K.safetensors``: the calibration hidden states after layer ``k`` (layer ``k+1``'s inputs);
+* ``hidden_K.safetensors``: the calibration hidden states after layer ``k`` (layer ``k+1``'s inputs; with
+  dense targets also the dense model's, ``dense.B``);
 * ``manifest.json``: how many layers are done, their report records, the layer allocation (OWL /
   global) and fingerprints of the config, the model and the calibration windows.
 
@@ -102,7 +103,9 @@ class LayerCheckpoints:
                 write_weight(module, weights[name])
         if captured is not None and self.completed:
             hidden = load_file(self.folder / f"hidden_{self.completed - 1}.safetensors")
-            captured.advance([captured.store(hidden[str(b)]) for b in range(len(hidden))])
+            batches = range(len(captured.hidden))
+            captured.advance([captured.store(hidden[str(b)]) for b in batches],
+                             [captured.store(hidden[f"dense.{b}"]) for b in batches] if captured.dense else None)
         report.layers = [LayerRecord(**record) for record in self.manifest["layers"]]
         report.allocation = self.manifest["allocation"] or report.allocation
         return self.completed
@@ -117,8 +120,9 @@ class LayerCheckpoints:
         with atomic_file(self.folder / f"layer_{index}.safetensors") as tmp:
             save_file(weights, tmp)
         if captured is not None:
-            hidden = {str(b): captured.load(item, torch.device("cpu")).contiguous()
-                      for b, item in enumerate(captured.hidden)}
+            streams = {"": captured.hidden, "dense.": captured.dense or []}
+            hidden = {f"{prefix}{b}": captured.load(item, torch.device("cpu")).contiguous()
+                      for prefix, items in streams.items() for b, item in enumerate(items)}
             with atomic_file(self.folder / f"hidden_{index}.safetensors") as tmp:
                 save_file(hidden, tmp)
         self.manifest.update(completed=index + 1, allocation=allocation,

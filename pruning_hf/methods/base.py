@@ -18,11 +18,32 @@ import torch
 from torch import nn
 
 from ..models.architectures import weight_matrix
+from ..sparsity.hessian import dense_target_weight
 from ..sparsity.refinement import refine_layer
 from ..sparsity.statistics import InputStatistics, StatisticsSpec
 from ..utils.checks import plain_scalar
 
-__all__ = ["NoOptions", "LayerUpdate", "PruningMethod", "WeightPruner"]
+__all__ = ["NoOptions", "LayerUpdate", "PruningMethod", "WeightPruner", "dense_target_weights"]
+
+#: dampening of the dense-target solve for methods without a ``dampening`` option (fraction of mean diag H)
+DENSE_TARGET_DAMPENING = 0.01
+
+
+def dense_target_weights(weights: dict[str, torch.Tensor], stats: dict[str, InputStatistics],
+                         dampening: float) -> dict[str, torch.Tensor]:
+    """``{name: W*}`` (:func:`~pruning_hf.sparsity.hessian.dense_target_weight`) from statistics with a cross
+    term; Linears sharing an input (q/k/v) share one factorisation."""
+    groups: dict[int, list[str]] = {}
+    for name in weights:
+        groups.setdefault(id(stats[name]), []).append(name)
+    targets = {}
+    for names in groups.values():
+        shared = stats[names[0]]
+        stacked = torch.cat([weights[name] for name in names])
+        fitted = dense_target_weight(stacked, shared.hessian.to(stacked.device),
+                                     shared.cross_hessian.to(stacked.device), dampening)
+        targets |= dict(zip(names, fitted.split([weights[name].shape[0] for name in names])))
+    return targets
 
 
 @dataclass
@@ -61,6 +82,11 @@ class PruningMethod:
     resumable: ClassVar[bool] = False
     #: whether layers get smaller or fewer (the model's config must then be told their shapes)
     changes_shapes: ClassVar[bool] = False
+    #: whether the engine may prune a decoder layer sub-block by sub-block (``PruningConfig.schedule``):
+    #: the method prunes each Linear from its own input statistics and needs no whole-layer view
+    sub_blocks: ClassVar[bool] = False
+    #: whether the method can fit pruned Linears to the dense model's outputs (``PruningConfig.dense_targets``)
+    fits_dense_targets: ClassVar[bool] = False
     #: keywords of a small valid config of this method (``PruningConfig(method=name, **example)``): the
     #: registry contract tests prune a tiny model with it, so a new method is tested without a new test
     example: ClassVar[dict[str, Any]] = {"sparsity": 0.5}
@@ -143,7 +169,9 @@ class PruningMethod:
         (refinement needs ``X^T X`` whatever the method reads)."""
         spec = self.statistics
         if self.config.refine:
-            return StatisticsSpec(hessian=True)
+            spec = StatisticsSpec(hessian=True)
+        if spec is not None and self.config.dense_targets:
+            spec = StatisticsSpec(hessian=True, cross=True)
         return spec
 
     @property
@@ -194,10 +222,14 @@ class WeightPruner(PruningMethod):
     allocations = ("uniform", "owl", "global")
     refinable = True
     resumable = True
+    sub_blocks = True
 
     def prune_layer(self, layer_index, targets, stats) -> LayerUpdate:
-        dense = {n: weight_matrix(m).detach().float().clone() for n, m in targets.items()} if self.config.refine else {}
-        update = LayerUpdate(self.prune_weights(layer_index, targets, stats))
+        weights = {n: weight_matrix(m).detach().float() for n, m in targets.items()}
+        if self.config.dense_targets:  # fit the dense model's outputs: the usual problem with W* for W
+            weights = dense_target_weights(weights, stats, getattr(self.options, "dampening", DENSE_TARGET_DAMPENING))
+        dense = {n: w.clone() for n, w in weights.items()} if self.config.refine else {}
+        update = LayerUpdate(self.prune_weights(layer_index, weights, stats))
         if self.config.refine:
             start = time.perf_counter()
             update.weights, update.linears = refine_layer(dense, update.weights, stats, self.pattern,
@@ -205,12 +237,12 @@ class WeightPruner(PruningMethod):
             update.refine_seconds = time.perf_counter() - start
         return update
 
-    def prune_weights(self, layer_index: int, targets: dict[str, nn.Module],
+    def prune_weights(self, layer_index: int, weights: dict[str, torch.Tensor],
                       stats: dict[str, InputStatistics]) -> dict[str, torch.Tensor]:
-        """``{name: pruned (out, in) fp32 weight}``: each target on its own by default."""
-        return {name: self.prune_weight(name, weight_matrix(module).detach().float(), stats.get(name),
-                                        self.sparsity_for(layer_index, name))
-                for name, module in targets.items()}
+        """``{name: pruned (out, in) fp32 weight}`` from ``{name: (out, in) fp32 weight}`` (the targets' weights,
+        or their dense targets; may be modified in place): each target on its own by default."""
+        return {name: self.prune_weight(name, weight, stats.get(name), self.sparsity_for(layer_index, name))
+                for name, weight in weights.items()}
 
     def prune_weight(self, name: str, weight: torch.Tensor, stats: InputStatistics | None,
                      sparsity: float) -> torch.Tensor:

@@ -11,7 +11,6 @@ from typing import Sequence
 
 import torch
 
-from ..models.architectures import weight_matrix
 from ..sparsity.hessian import inverse_hessian_factor
 from ..sparsity.masks import Pattern, mask_from_scores, nm_mask
 from ..sparsity.statistics import StatisticsSpec
@@ -52,7 +51,8 @@ def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float
     hessian = hessian.clone()
     dead = hessian.diagonal() == 0  # inputs that are always zero: their weights do nothing
     hessian[dead, dead] = 1.0
-    weight[:, dead] = 0.0
+    if not pattern.is_block:  # zero them (a block pattern keeps or drops whole tiles, dead columns included)
+        weight[:, dead] = 0.0
     hinv, _ = inverse_hessian_factor(hessian, dampening, retries)
     columns = weight.shape[1]
     for start in range(0, columns, block_size):
@@ -84,6 +84,7 @@ class SparseGPTPruner(WeightPruner):
     name = "sparsegpt"
     Options = SparseGPTOptions
     statistics = StatisticsSpec(hessian=True)
+    fits_dense_targets = True
 
     @classmethod
     def validate_config(cls, config) -> None:
@@ -95,22 +96,21 @@ class SparseGPTPruner(WeightPruner):
                 f"block_size={block_size} must be a multiple of {width} for pattern={config.pattern!r} "
                 "so no group of columns straddles two blocks")
 
-    def prune_weights(self, layer_index, targets, stats):
+    def prune_weights(self, layer_index, weights, stats):
         """Linears reading the same input (q/k/v, gate/up) share one Hessian: prune them stacked."""
         groups: dict[int, list[str]] = {}
-        for name in targets:
+        for name in weights:
             groups.setdefault(id(stats[name]), []).append(name)
         new_weights = {}
         for names in groups.values():
             sparsities = {self.sparsity_for(layer_index, name) for name in names}
             if len(sparsities) > 1:  # per-Linear sparsities differ: prune one by one
                 for name in names:
-                    new_weights |= super().prune_weights(layer_index, {name: targets[name]}, stats)
+                    new_weights |= super().prune_weights(layer_index, {name: weights[name]}, stats)
                 continue
-            weights = [weight_matrix(targets[name]).detach().float() for name in names]
-            stacked = self.prune_weight(names[0], torch.cat(weights), stats[names[0]], sparsities.pop(),
-                                        row_groups=[w.shape[0] for w in weights])
-            new_weights |= dict(zip(names, stacked.split([w.shape[0] for w in weights])))
+            stacked = self.prune_weight(names[0], torch.cat([weights[name] for name in names]), stats[names[0]],
+                                        sparsities.pop(), row_groups=[weights[name].shape[0] for name in names])
+            new_weights |= dict(zip(names, stacked.split([weights[name].shape[0] for name in names])))
         return new_weights
 
     def prune_weight(self, name, weight, stats, sparsity, row_groups=None) -> torch.Tensor:

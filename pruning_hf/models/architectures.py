@@ -16,7 +16,7 @@ from torch import nn
 __all__ = [
     "AttentionSpec", "MLPSpec", "ArchitectureSpec", "UnsupportedModelError", "FAMILIES",
     "get_architecture", "decoder_layers", "linear_modules", "is_linear", "weight_matrix", "supported_model_types",
-    "context_length", "PER_LAYER_CONFIG_KEYS",
+    "context_length", "PER_LAYER_CONFIG_KEYS", "SubBlock", "SublayerLayout", "sublayer_layout",
 ]
 
 logger = logging.getLogger(__name__)
@@ -89,6 +89,84 @@ FAMILIES: tuple[ArchitectureSpec, ...] = (
     # GPT-2 fuses q/k/v into one Conv1D (c_attn): unstructured pruning only.
     ArchitectureSpec("gpt2", ("gpt2",), "transformer.h", None, MLPSpec("mlp", ("c_fc",), "c_proj", "n_inner")),
 )
+
+
+@dataclass(frozen=True)
+class SubBlock:
+    """One residual sub-block of a decoder layer (attention or MLP), module names relative to the layer.
+
+    With ``h`` the sub-block's input (the residual stream), the layer computes
+    ``after(h + post(output(core(pre(h)))))``: the ``inputs`` Linears read ``pre(h)`` (identity when
+    ``pre`` is None) and ``core`` produces the ``output`` Linear's input. ``core=None`` means the decoder
+    layer's own forward from ``h`` up to ``output`` (the attention core, with the layer's masks and
+    rotary embeddings); a module name means that module called on ``pre(h)`` up to ``output``;
+    ``activation`` names an attribute of the layer when the family writes its MLP inline
+    (``activation(inputs[0](pre(h)))``, OPT). ``post`` / ``after``: norms before / after the residual add.
+    """
+
+    inputs: tuple[str, ...]
+    output: str
+    pre: str | None = None
+    post: str | None = None
+    after: str | None = None
+    core: str | None = None
+    activation: str | None = None
+
+
+@dataclass(frozen=True)
+class SublayerLayout:
+    """How a decoder layer splits into its attention sub-block, then its MLP sub-block."""
+
+    attention: SubBlock
+    mlp: SubBlock
+
+    @property
+    def linears(self) -> tuple[str, ...]:
+        return tuple(name for block in (self.attention, self.mlp) for name in (*block.inputs, block.output))
+
+
+_QKV = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
+_GATE_UP = ("mlp.gate_proj", "mlp.up_proj")
+_LLAMA_LAYOUT = SublayerLayout(SubBlock(_QKV, "self_attn.o_proj", pre="input_layernorm"),
+                               SubBlock(_GATE_UP, "mlp.down_proj", pre="post_attention_layernorm", core="mlp"))
+#: model_type -> layout (OPT's depends on its config: see :func:`sublayer_layout`)
+_LAYOUTS = {
+    **dict.fromkeys(("llama", "mistral", "qwen2", "qwen3", "smollm3", "gemma"), _LLAMA_LAYOUT),
+    **dict.fromkeys(("gemma2", "gemma3_text"), SublayerLayout(  # extra norms on both sub-block outputs
+        SubBlock(_QKV, "self_attn.o_proj", pre="input_layernorm", post="post_attention_layernorm"),
+        SubBlock(_GATE_UP, "mlp.down_proj", pre="pre_feedforward_layernorm", post="post_feedforward_layernorm",
+                 core="mlp"))),
+    "olmo2": SublayerLayout(SubBlock(_QKV, "self_attn.o_proj", post="post_attention_layernorm"),
+                            SubBlock(_GATE_UP, "mlp.down_proj", post="post_feedforward_layernorm", core="mlp")),
+    "gpt2": SublayerLayout(SubBlock(("attn.c_attn",), "attn.c_proj", pre="ln_1"),
+                           SubBlock(("mlp.c_fc",), "mlp.c_proj", pre="ln_2", core="mlp")),
+}
+
+
+def sublayer_layout(model: nn.Module) -> SublayerLayout | None:
+    """The sub-block layout of ``model``'s decoder layers, or None where it is not known (or the layers
+    do not have the modules it names): such models run each layer whole."""
+    config = model.config
+    model_type = getattr(config, "model_type", None)
+    if model_type == "opt":  # do_layer_norm_before=False (OPT-350m): the norms follow the residual adds
+        before = getattr(config, "do_layer_norm_before", True)
+        norm = (lambda name: {"pre": name}) if before else (lambda name: {"after": name})
+        layout = SublayerLayout(
+            SubBlock(_QKV, "self_attn.out_proj", **norm("self_attn_layer_norm")),
+            SubBlock(("fc1",), "fc2", activation="activation_fn", **norm("final_layer_norm")))
+    elif model_type == "gpt2" and getattr(config, "add_cross_attention", False):
+        return None
+    else:
+        layout = _LAYOUTS.get(model_type)
+    layers = decoder_layers(model) if layout is not None else None
+    if not layers:
+        return None
+    block_modules = [n for b in (layout.attention, layout.mlp) for n in (b.pre, b.post, b.after, b.core, b.activation)
+                     if n]
+    for layer in layers:
+        if any(_resolve(layer, name) is None for name in (*layout.linears, *block_modules)):
+            return None
+    return layout
 
 
 def supported_model_types() -> list[str]:

@@ -1,0 +1,159 @@
+"""The sub-block schedule (``PruningConfig.schedule``) and dense targets (``PruningConfig.dense_targets``).
+
+The sub-block schedule must compute exactly the pruned model's forward (its stored outputs are the next
+layer's inputs), give each output Linear the statistics of the inputs it really sees (q/k/v already pruned),
+and leave the Linears that read the layer input as the layer schedule prunes them. Dense targets must bring
+a pruned layer's output closer to the dense model's.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from conftest import tiny_model
+from test_families import GENERIC, STRUCTURED, family_config
+from transformers import AutoModelForCausalLM, Olmo2Config
+
+from pruning_hf import PruningConfig
+from pruning_hf.data.text import calibration_windows
+from pruning_hf.engine import prune_model
+from pruning_hf.methods.base import PruningMethod
+from pruning_hf.methods.wanda import WandaPruner
+from pruning_hf.sparsity.statistics import InputStatistics
+
+LAYERS = 3
+
+
+@pytest.fixture
+def windows(tokenizer, text_file):
+    calibration = PruningConfig(method="wanda", sparsity=0.5, calibration={"source": str(text_file), "num_samples": 4,
+                                                             "seq_len": 32, "batch_size": 2}).calibration
+    return calibration_windows(calibration, tokenizer)
+
+
+def _config(windows, **values) -> PruningConfig:
+    return PruningConfig(calibration={"num_samples": windows.shape[0], "seq_len": windows.shape[1], "batch_size": 2},
+                         **values)
+
+
+def _family_model(family: str):
+    torch.manual_seed(0)
+    config = (Olmo2Config(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2,
+                          vocab_size=260, num_hidden_layers=LAYERS, max_position_embeddings=256)
+              if family == "olmo2" else family_config(family))
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
+@pytest.mark.parametrize("family", [*STRUCTURED, "gpt2", "olmo2"])
+def test_sublayer_outputs_are_the_pruned_models_forward(family, windows, monkeypatch, one_thread):
+    """Each layer's outputs kept by the sub-block schedule equal a plain forward of the pruned model."""
+    kept: dict[int, torch.Tensor] = {}
+    monkeypatch.setattr(PruningMethod, "observe_layer",
+                        lambda self, index, inputs, outputs: kept.__setitem__(index, torch.cat(outputs)))
+    model = _family_model(family)
+    report = prune_model(model, _config(windows, method="wanda", sparsity=0.5, schedule="sublayer"),
+                         windows=windows, progress=False)
+    assert report.schedule == "sublayer"
+    with torch.no_grad():
+        hidden = model(windows, output_hidden_states=True).hidden_states
+    assert len(kept) == model.config.num_hidden_layers
+    for index in range(len(kept) - 1):  # the last entry of hidden_states has the final norm applied
+        torch.testing.assert_close(kept[index], hidden[index + 1], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", GENERIC)
+def test_families_without_a_layout_run_each_layer_whole(family, windows, one_thread):
+    config = _config(windows, method="wanda", sparsity=0.5)
+    assert prune_model(_family_model(family), config, windows=windows, progress=False).schedule == "layer"
+    with pytest.raises(ValueError, match=r"schedule='sublayer' cannot run: the layout of model_type="):
+        prune_model(_family_model(family), _config(windows, method="wanda", sparsity=0.5, schedule="sublayer"),
+                    windows=windows, progress=False)
+
+
+def test_output_linear_statistics_come_from_the_pruned_inputs(windows, one_thread):
+    """o_proj of layer 0 is pruned with the norms of its input computed with q/k/v already pruned (a reference
+    computed by hand), and q/k/v (which read the layer input) come out as the layer schedule prunes them."""
+    dense = tiny_model("llama", layers=LAYERS)
+    sublayer, whole = copy.deepcopy(dense), copy.deepcopy(dense)
+    config = _config(windows, method="wanda", sparsity=0.5, schedule="sublayer")
+    prune_model(sublayer, config, windows=windows, progress=False)
+    prune_model(whole, _config(windows, method="wanda", sparsity=0.5, schedule="layer"), windows=windows,
+                progress=False)
+    attention = "model.layers.0.self_attn"
+    for name in ("q_proj", "k_proj", "v_proj"):
+        assert torch.equal(sublayer.get_submodule(f"{attention}.{name}").weight,
+                           whole.get_submodule(f"{attention}.{name}").weight)
+
+    def o_proj_mask(model) -> torch.Tensor:
+        o_proj = model.get_submodule(f"{attention}.o_proj")
+        stats = InputStatistics(o_proj.in_features, hessian=False, device=torch.device("cpu"))
+        handle = o_proj.register_forward_pre_hook(lambda _, args: stats.update(args[0]))
+        with torch.no_grad():
+            for batch in windows.split(2):
+                model(batch)
+        handle.remove()
+        pruner = WandaPruner(config)
+        return pruner.prune_weight("o_proj", dense.get_submodule(f"{attention}.o_proj").weight.detach().clone(),
+                                   stats, 0.5) != 0
+
+    reference = copy.deepcopy(dense)  # dense but for layer 0's q/k/v, pruned as the schedule pruned them
+    for name in ("q_proj", "k_proj", "v_proj"):
+        reference.get_submodule(f"{attention}.{name}").weight.data.copy_(
+            sublayer.get_submodule(f"{attention}.{name}").weight)
+    expected = o_proj_mask(reference)
+    assert torch.equal(sublayer.get_submodule(f"{attention}.o_proj").weight != 0, expected)
+    assert not torch.equal(o_proj_mask(dense), expected)  # the dense layer's statistics would choose otherwise
+    assert torch.equal(whole.get_submodule(f"{attention}.o_proj").weight != 0, o_proj_mask(dense))
+
+
+def test_auto_schedule_and_its_fallbacks(windows, one_thread):
+    """auto: sub-blocks for weight pruners with statistics, the whole layer for magnitude (nothing to collect)
+    and for structured pruning (it needs the whole layer)."""
+    ran = {}
+    for method in ({"method": "wanda"}, {"method": "sparsegpt"}, {"method": "magnitude"},
+                   {"method": "structured", "target": "mlp", "sparsity": 0.25}):
+        report = prune_model(tiny_model("llama", layers=2), _config(windows, **{"sparsity": 0.5, **method}),
+                             windows=windows, progress=False)
+        ran[method["method"]] = report.schedule
+    assert ran == {"wanda": "sublayer", "sparsegpt": "sublayer", "magnitude": "layer", "structured": "layer"}
+
+
+def test_schedule_errors_name_the_value_and_the_choices():
+    with pytest.raises(ValueError, match=r"schedule.*'sideways'.*auto.*sublayer.*layer"):
+        PruningConfig(method="wanda", sparsity=0.5, schedule="sideways")
+    with pytest.raises(ValueError, match=r"schedule='sublayer'.*'structured'.*schedule='layer'"):
+        PruningConfig(method="structured", target="mlp", sparsity=0.2, schedule="sublayer")
+    with pytest.raises(ValueError, match=r"dense_targets=True.*'wanda'.*sparsegpt"):
+        PruningConfig(method="wanda", sparsity=0.5, dense_targets=True)
+    with pytest.raises(ValueError, match=r"dense_targets must be true or false, got 'yes'"):
+        PruningConfig(method="sparsegpt", sparsity=0.5, dense_targets="yes")
+
+
+@pytest.mark.parametrize("schedule", ["sublayer", "layer"])
+def test_dense_targets_bring_the_last_layer_closer_to_the_dense_model(schedule, windows, one_thread):
+    """Two-layer toy: layer 1 is pruned first; with dense targets layer 2's output is fitted to the dense
+    model's (on the dense input), and ends closer to it than when fitted to its own pruned input."""
+    dense = tiny_model("llama", layers=2)
+    with torch.no_grad():
+        target = dense(windows, output_hidden_states=True).hidden_states[-1]
+    errors = {}
+    for dense_targets in (False, True):
+        model = copy.deepcopy(dense)
+        prune_model(model, _config(windows, method="sparsegpt", sparsity=0.7, schedule=schedule,
+                                   dense_targets=dense_targets), windows=windows, progress=False)
+        with torch.no_grad():
+            errors[dense_targets] = (model(windows, output_hidden_states=True).hidden_states[-1] - target).norm().item()
+    assert errors[True] < errors[False], errors
+
+
+def test_dense_target_weight_is_the_weight_itself_without_earlier_pruning():
+    """With identical pruned and dense inputs the dense target W* is W (the usual problem is unchanged)."""
+    from pruning_hf.sparsity.hessian import dense_target_weight
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(256, 16, generator=generator)
+    weight = torch.randn(8, 16, generator=generator)
+    h = x.t() @ x / len(x)
+    torch.testing.assert_close(dense_target_weight(weight, h, h.clone(), 0.01), weight, rtol=1e-4, atol=1e-4)
