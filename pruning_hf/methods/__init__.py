@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..utils.checks import shown
+from .admm import ADMMPruner
 from .base import PruningMethod
 from .depth import DepthPruner
 from .magnitude import MagnitudePruner
@@ -14,6 +15,7 @@ METHODS: dict[str, type[PruningMethod]] = {
     "magnitude": MagnitudePruner,
     "wanda": WandaPruner,
     "sparsegpt": SparseGPTPruner,
+    "admm": ADMMPruner,
     "structured": StructuredPruner,
     "depth": DepthPruner,
 }

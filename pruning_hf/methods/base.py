@@ -23,21 +23,26 @@ from ..sparsity.refinement import refine_layer
 from ..sparsity.statistics import InputStatistics, StatisticsSpec
 from ..utils.checks import plain_scalar
 
-__all__ = ["NoOptions", "LayerUpdate", "PruningMethod", "WeightPruner", "dense_target_weights"]
+__all__ = ["NoOptions", "LayerUpdate", "PruningMethod", "WeightPruner", "dense_target_weights", "shared_inputs"]
 
 #: dampening of the dense-target solve for methods without a ``dampening`` option (fraction of mean diag H)
 DENSE_TARGET_DAMPENING = 0.01
 
 
+def shared_inputs(weights: dict[str, torch.Tensor], stats: dict[str, InputStatistics]) -> list[list[str]]:
+    """Names grouped by the statistics object they share: one group per distinct input (q/k/v, gate/up)."""
+    groups: dict[int, list[str]] = {}
+    for name in weights:
+        groups.setdefault(id(stats[name]) if stats.get(name) is not None else id(name), []).append(name)
+    return list(groups.values())
+
+
 def dense_target_weights(weights: dict[str, torch.Tensor], stats: dict[str, InputStatistics],
                          dampening: float) -> dict[str, torch.Tensor]:
     """``{name: W*}`` (:func:`~pruning_hf.sparsity.hessian.dense_target_weight`) from statistics with a cross
-    term; Linears sharing an input (q/k/v) share one factorisation."""
-    groups: dict[int, list[str]] = {}
-    for name in weights:
-        groups.setdefault(id(stats[name]), []).append(name)
+    term; Linears sharing an input share one factorisation."""
     targets = {}
-    for names in groups.values():
+    for names in shared_inputs(weights, stats):
         shared = stats[names[0]]
         stacked = torch.cat([weights[name] for name in names])
         fitted = dense_target_weight(stacked, shared.hessian.to(stacked.device),
@@ -223,6 +228,9 @@ class WeightPruner(PruningMethod):
     refinable = True
     resumable = True
     sub_blocks = True
+    #: Linears reading the same input (q/k/v, gate/up) share one Hessian: prune them as one stacked
+    #: ``(sum out, in)`` matrix, ``prune_weight(..., row_groups=[rows of each])`` (SparseGPT, ADMM)
+    stacks_shared_inputs: ClassVar[bool] = False
 
     def prune_layer(self, layer_index, targets, stats) -> LayerUpdate:
         weights = {n: weight_matrix(m).detach().float() for n, m in targets.items()}
@@ -240,9 +248,21 @@ class WeightPruner(PruningMethod):
     def prune_weights(self, layer_index: int, weights: dict[str, torch.Tensor],
                       stats: dict[str, InputStatistics]) -> dict[str, torch.Tensor]:
         """``{name: pruned (out, in) fp32 weight}`` from ``{name: (out, in) fp32 weight}`` (the targets' weights,
-        or their dense targets; may be modified in place): each target on its own by default."""
-        return {name: self.prune_weight(name, weight, stats.get(name), self.sparsity_for(layer_index, name))
-                for name, weight in weights.items()}
+        or their dense targets; may be modified in place): each target on its own, or with
+        :attr:`stacks_shared_inputs` the Linears of one input stacked when their sparsities agree."""
+        groups = shared_inputs(weights, stats) if self.stacks_shared_inputs else [[name] for name in weights]
+        new_weights = {}
+        for names in groups:
+            sparsities = {self.sparsity_for(layer_index, name) for name in names}
+            if len(names) == 1 or len(sparsities) > 1:  # per-Linear sparsities differ: one by one
+                new_weights |= {name: self.prune_weight(name, weights[name], stats.get(name),
+                                                        self.sparsity_for(layer_index, name)) for name in names}
+                continue
+            rows = [weights[name].shape[0] for name in names]
+            stacked = self.prune_weight(names[0], torch.cat([weights[name] for name in names]), stats[names[0]],
+                                        sparsities.pop(), row_groups=rows)
+            new_weights |= dict(zip(names, stacked.split(rows)))
+        return new_weights
 
     def prune_weight(self, name: str, weight: torch.Tensor, stats: InputStatistics | None,
                      sparsity: float) -> torch.Tensor:

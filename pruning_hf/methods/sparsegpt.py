@@ -85,6 +85,7 @@ class SparseGPTPruner(WeightPruner):
     Options = SparseGPTOptions
     statistics = StatisticsSpec(hessian=True)
     fits_dense_targets = True
+    stacks_shared_inputs = True
 
     @classmethod
     def validate_config(cls, config) -> None:
@@ -95,23 +96,6 @@ class SparseGPTPruner(WeightPruner):
             raise ValueError(
                 f"block_size={block_size} must be a multiple of {width} for pattern={config.pattern!r} "
                 "so no group of columns straddles two blocks")
-
-    def prune_weights(self, layer_index, weights, stats):
-        """Linears reading the same input (q/k/v, gate/up) share one Hessian: prune them stacked."""
-        groups: dict[int, list[str]] = {}
-        for name in weights:
-            groups.setdefault(id(stats[name]), []).append(name)
-        new_weights = {}
-        for names in groups.values():
-            sparsities = {self.sparsity_for(layer_index, name) for name in names}
-            if len(sparsities) > 1:  # per-Linear sparsities differ: prune one by one
-                for name in names:
-                    new_weights |= super().prune_weights(layer_index, {name: weights[name]}, stats)
-                continue
-            stacked = self.prune_weight(names[0], torch.cat([weights[name] for name in names]), stats[names[0]],
-                                        sparsities.pop(), row_groups=[weights[name].shape[0] for name in names])
-            new_weights |= dict(zip(names, stacked.split([weights[name].shape[0] for name in names])))
-        return new_weights
 
     def prune_weight(self, name, weight, stats, sparsity, row_groups=None) -> torch.Tensor:
         return sparsegpt_prune(weight, stats.hessian.to(weight.device), sparsity, self.pattern,
