@@ -120,7 +120,7 @@ class PruningConfig:
         "Fit each pruned Linear to the dense model's output on the dense model's input, min ||W X_dense - W' X||, "
         "so errors of earlier layers are corrected instead of carried forward (asymmetric calibration, as GPTAQ). "
         "Carries the dense model's activations beside the pruned ones (2x activation memory) and one more "
-        "X^T X_dense per input, and runs each layer once more with dense weights. Methods: sparsegpt.")})
+        "X^T X_dense per input, and runs each layer once more with dense weights. Methods: sparsegpt, admm.")})
 
     def __init__(self, method: str, **values: Any) -> None:
         method_cls = get_method(method)

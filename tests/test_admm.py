@@ -159,30 +159,31 @@ def test_dense_targets_bring_layer_2_closer_to_the_dense_model():
     assert torch.allclose(dense_target_weight(second, hessian, hessian, 0.01), second, rtol=1e-3, atol=1e-3)
 
 
-def test_engine_collects_the_cross_statistic_and_uses_it(one_thread):
+def test_engine_collects_the_cross_statistic_and_uses_it(one_thread, monkeypatch):
     model = tiny_model("llama", layers=3)
-    per_layer, _ = select_targets(model, PruningConfig(method="sparsegpt", sparsity=0.5))
     dense = tiny_model("llama", layers=3)
-    seen = {}
+    seen: dict[int, dict] = {}
     method_class = PruningConfig(method="sparsegpt", sparsity=0.5).method_class
-    original = method_class.fit_targets
+    original = method_class.prune_layer
 
-    def spy(self, weights, stats):
-        seen[len(seen)] = {name: (s.hessian.clone(), s.cross_hessian.clone()) for name, s in stats.items()}
-        return original(self, weights, stats)
+    def spy(self, layer_index, targets, stats):  # called per sub-block group: collect the layer's statistics
+        seen.setdefault(layer_index, {}).update(
+            {name: (s.hessian.clone(), s.cross_hessian.clone()) for name, s in stats.items()})
+        return original(self, layer_index, targets, stats)
 
-    method_class.fit_targets = spy
-    try:
-        config = PruningConfig(method="sparsegpt", sparsity=0.5, dense_targets=True, calibration={"batch_size": 4})
-        prune_model(model, config, windows=windows(), progress=False)
-    finally:
-        method_class.fit_targets = original
+    monkeypatch.setattr(method_class, "prune_layer", spy)
+    config = PruningConfig(method="sparsegpt", sparsity=0.5, dense_targets=True, calibration={"batch_size": 4})
+    prune_model(model, config, windows=windows(), progress=False)
+    monkeypatch.undo()
     assert sorted(seen) == [0, 1, 2]
     def gap(pair):
         hessian, cross = pair
         return float((cross - hessian).norm() / hessian.norm())
 
-    assert all(gap(pair) < 1e-5 for pair in seen[0].values())  # layer 0: dense and pruned inputs are the same
+    first = {name.rsplit(".", 2)[-2] + "." + name.rsplit(".", 1)[-1]: pair for name, pair in seen[0].items()}
+    # layer 0: q/k/v read the same input in both models; o_proj reads the output of pruned q/k/v (sub-blocks)
+    assert all(gap(first[f"self_attn.{n}"]) < 1e-5 for n in ("q_proj", "k_proj", "v_proj"))
+    assert gap(first["self_attn.o_proj"]) > 1e-3
     assert all(gap(pair) > 1e-3 for pair in seen[2].values())  # later they differ (layers 0 and 1 are pruned)
     # the dense-target model's output is closer to the dense model's than the plain one's
     plain = tiny_model("llama", layers=3)
