@@ -157,3 +157,10 @@ def test_dense_target_weight_is_the_weight_itself_without_earlier_pruning():
     weight = torch.randn(8, 16, generator=generator)
     h = x.t() @ x / len(x)
     torch.testing.assert_close(dense_target_weight(weight, h, h.clone(), 0.01), weight, rtol=1e-4, atol=1e-4)
+
+
+def test_dense_targets_warn_when_calibration_is_too_small_for_them(windows, one_thread):
+    """128 calibration tokens for 64 input features (down_proj) over-fit the dense targets: a warning says so."""
+    config = _config(windows, method="sparsegpt", sparsity=0.5, dense_targets=True)
+    with pytest.warns(RuntimeWarning, match=r"from 128 calibration tokens for 64 input features.*over-fit"):
+        prune_model(tiny_model("llama", layers=1), config, windows=windows, progress=False)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -27,6 +28,9 @@ __all__ = ["NoOptions", "LayerUpdate", "PruningMethod", "WeightPruner", "dense_t
 
 #: dampening of the dense-target solve for methods without a ``dampening`` option (fraction of mean diag H)
 DENSE_TARGET_DAMPENING = 0.01
+#: dense targets fit ``in`` unknowns per row from the calibration tokens: fewer than this many tokens per
+#: input feature over-fit them (SmolLM2 at 8 x 256 tokens: perplexity 53 -> 91, benchmarks/prune_speed.py)
+DENSE_TARGET_TOKENS_PER_FEATURE = 8
 
 
 def shared_inputs(weights: dict[str, torch.Tensor], stats: dict[str, InputStatistics]) -> list[list[str]]:
@@ -44,6 +48,12 @@ def dense_target_weights(weights: dict[str, torch.Tensor], stats: dict[str, Inpu
     targets = {}
     for names in shared_inputs(weights, stats):
         shared = stats[names[0]]
+        features = shared.sums.numel()
+        if shared.num_tokens < DENSE_TARGET_TOKENS_PER_FEATURE * features:
+            warnings.warn(f"dense targets are fitted from {shared.num_tokens} calibration tokens for "
+                          f"{features} input features (fewer than {DENSE_TARGET_TOKENS_PER_FEATURE} per feature): "
+                          "they over-fit and can make the model much worse; use more calibration windows "
+                          "(num_samples x seq_len) or dense_targets=False", RuntimeWarning, stacklevel=2)
         stacked = torch.cat([weights[name] for name in names])
         fitted = dense_target_weight(stacked, shared.hessian.to(stacked.device),
                                      shared.cross_hessian.to(stacked.device), dampening)
