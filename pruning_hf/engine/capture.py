@@ -11,6 +11,7 @@ import os
 import shutil
 import tempfile
 import weakref
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -68,12 +69,29 @@ class CapturedInputs:
             item = load_file(item)["hidden"]
         return item.to(device)
 
+    def tensors(self, items: list[torch.Tensor | str]) -> _Batches:
+        """``items`` (stored batches) as a sequence of tensors on the storage device, files read on access."""
+        return _Batches(self, items)
+
     def advance(self, outputs: list[torch.Tensor | str]) -> None:
         """The outputs of the current layer become the next layer's inputs (old files are deleted)."""
         for item in self.hidden:
             if isinstance(item, str):
                 os.remove(item)
         self.hidden = outputs
+
+
+class _Batches(Sequence):
+    """Stored batches read as ``(batch, seq, hidden)`` tensors, one at a time (what methods observe)."""
+
+    def __init__(self, captured: CapturedInputs, items: list[torch.Tensor | str]) -> None:
+        self.captured, self.items = captured, items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.captured.load(self.items[index], self.captured.storage)
 
 
 class _InputRecorder(nn.Module):

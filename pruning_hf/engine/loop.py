@@ -100,7 +100,7 @@ def prune_model(model: nn.Module, config, windows: torch.Tensor | None = None, p
             del stats
             if captured is not None:
                 outputs = run_layer(layer, captured, index, keep_outputs=True)
-                method.observe_layer(index, captured.hidden, outputs)
+                method.observe_layer(index, captured.tensors(captured.hidden), captured.tensors(outputs))
                 captured.advance(outputs)
             if checkpoints:
                 record.seconds = time.perf_counter() - layer_start

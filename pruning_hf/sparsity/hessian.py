@@ -1,32 +1,73 @@
-"""The dampened inverse Hessian ``(X^T X + λI)^-1`` that second-order solvers share (SparseGPT, re-fits)."""
+"""The dampened Hessian ``X^T X + λI`` that second-order solvers share (SparseGPT, structured re-fits, OBS).
+
+``λ = dampening * mean(diag H)`` (SparseGPT's recipe); a factorisation that fails (not positive definite,
+or non-finite) is retried with ``λ`` 10x larger, :class:`HessianError` after the last retry.
+"""
 
 from __future__ import annotations
 
+from typing import Callable, TypeVar
+
 import torch
 
-__all__ = ["HessianError", "inverse_hessian_factor"]
+__all__ = ["HessianError", "with_dampening", "fill_dead_inputs", "try_cholesky", "dampened_cholesky",
+           "inverse_hessian_factor"]
+
+T = TypeVar("T")
 
 
 class HessianError(RuntimeError):
     """The dampened Hessian stayed not positive definite after every retry."""
 
 
-def inverse_hessian_factor(hessian: torch.Tensor, dampening: float, retries: int) -> tuple[torch.Tensor, float]:
-    """Upper Cholesky factor ``U`` of ``(H + λI)^-1`` (so ``(H + λI)^-1 = U^T U``).
-
-    ``λ = dampening * mean(diag H)``; on failure (not positive definite, or non-finite) ``λ`` grows
-    10x per retry. Returns ``(U, dampening fraction used)``; raises :class:`HessianError` at the end.
-    """
+def with_dampening(hessian: torch.Tensor, dampening: float, retries: int,
+                   attempt: Callable[[torch.Tensor, torch.Tensor], T | None], what: str = "the Hessian") -> T:
+    """``attempt(H + λI, λ)`` for ``λ = fraction * mean(diag H)``, ``fraction`` starting at ``dampening`` and
+    growing 10x (from 1e-6 when 0) each time ``attempt`` returns None; ``(n, n)`` ``hessian`` of any float dtype."""
     mean_diag = hessian.diagonal().mean().clamp_min(1e-12)
     eye = torch.eye(hessian.shape[0], dtype=hessian.dtype, device=hessian.device)
     fraction = dampening
     for _ in range(retries + 1):
-        lower, info = torch.linalg.cholesky_ex(hessian + fraction * mean_diag * eye)
-        if info.item() == 0:
-            upper, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(lower), upper=True)
-            if info.item() == 0 and torch.isfinite(upper).all():
-                return upper, fraction
-        fraction *= 10.0
+        lam = fraction * mean_diag
+        result = attempt(hessian + lam * eye, lam)
+        if result is not None:
+            return result
+        fraction = fraction * 10.0 if fraction > 0 else 1e-6
     raise HessianError(
-        f"the Hessian is not positive definite even with dampening {fraction / 10:g} x mean diagonal; "
+        f"{what} is not positive definite even with dampening {fraction / 10:g} x mean diagonal; "
         "use more or more varied calibration data, or raise `dampening`")
+
+
+def fill_dead_inputs(hessian: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(H', dead)``: a float32 copy of ``(n, n)`` ``H`` whose always-zero inputs (``H_jj == 0``, ``dead``
+    ``(n,)`` bool) get a unit diagonal, so the matrix stays invertible (their weights do nothing)."""
+    h = hessian.float().clone()
+    dead = h.diagonal() == 0
+    h[dead, dead] = 1.0
+    return h, dead
+
+
+def try_cholesky(matrix: torch.Tensor, upper: bool = False) -> torch.Tensor | None:
+    """Cholesky factor of ``(n, n)`` ``matrix`` (lower, or ``upper``), or None when it is not positive definite."""
+    factor, info = torch.linalg.cholesky_ex(matrix, upper=upper)
+    return factor if info.item() == 0 and torch.isfinite(factor).all() else None
+
+
+def dampened_cholesky(hessian: torch.Tensor, dampening: float, retries: int = 6) -> torch.Tensor:
+    """``(n, n)`` lower Cholesky factor ``L`` of ``H + λI`` (``L L^T = H + λI``)."""
+    return with_dampening(hessian, dampening, retries, lambda h, lam: try_cholesky(h))
+
+
+def inverse_hessian_factor(hessian: torch.Tensor, dampening: float, retries: int) -> tuple[torch.Tensor, float]:
+    """Upper Cholesky factor ``U`` of ``(H + λI)^-1`` (so ``(H + λI)^-1 = U^T U``).
+
+    Returns ``(U, dampening fraction used)``; raises :class:`HessianError` at the end.
+    """
+    mean_diag = hessian.diagonal().mean().clamp_min(1e-12)
+
+    def attempt(h: torch.Tensor, lam: torch.Tensor):
+        lower = try_cholesky(h)
+        upper = None if lower is None else try_cholesky(torch.cholesky_inverse(lower), upper=True)
+        return None if upper is None else (upper, float(lam / mean_diag))
+
+    return with_dampening(hessian, dampening, retries, attempt)

@@ -44,6 +44,14 @@ class InputStatistics:
         if self.xtx is not None:
             self.xtx.addmm_(x.t(), x)
 
+    def to(self, device: torch.device | str) -> InputStatistics:
+        """A copy on ``device`` (what a method keeps past its layer goes to the CPU)."""
+        copy = InputStatistics.__new__(InputStatistics)
+        copy.num_tokens = self.num_tokens
+        copy.sums, copy.sq_norms = self.sums.to(device), self.sq_norms.to(device)
+        copy.xtx = self.xtx.to(device) if self.xtx is not None else None
+        return copy
+
     @property
     def nbytes(self) -> int:
         """Memory held by these statistics."""
