@@ -105,6 +105,14 @@ def _dataclass_fields(cls, prefix: tuple[str, ...], switches: bool, skip: tuple[
     return found
 
 
+def _merged_field(entries: list[tuple[str, CliField]]) -> CliField:
+    """One flag for an option several methods take with their own meaning or default: each method's help
+    and default, in turn (the flag itself has no default: a method not given it keeps its own)."""
+    parts = [f"{name}: {f.help}" + ("" if f.default in (None, False, []) else f" (default: {f.default})")
+             for name, f in entries]
+    return dataclasses.replace(entries[0][1], help=" | ".join(parts), default=None)
+
+
 @dataclass(init=False)
 class PruningConfig:
     """How to prune a model.
@@ -136,7 +144,8 @@ class PruningConfig:
         "(outlier-weighted, Yin et al. 2024: layers with more outliers of the Wanda score |W|*||X|| on the "
         "dense model are pruned less) or 'global' (one threshold of that score across all layers); the "
         "size-weighted mean stays `sparsity`; needs calibration data; not with N:M. structured: 'uniform' or "
-        "'adaptive' (global ranking of standardised unit scores).")})
+        "'adaptive' (global ranking of standardised unit scores; with importance='obs', of each layer's "
+        "reconstruction error).")})
     owl_m: float = field(default=OWL_M, metadata={"help": (
         "OWL's M: a weight is an outlier when its Wanda score exceeds M x its layer's mean score (paper: 5).")})
     owl_lambda: float = field(default=OWL_LAMBDA, metadata={"help": (
@@ -294,12 +303,13 @@ class PruningConfig:
         if "calibration" in include:
             found += _dataclass_fields(CalibrationConfig, ("calibration",), True)
         if "options" in include:
-            seen = set()
-            for method in METHODS.values():
+            shared: dict[str, list[tuple[str, CliField]]] = {}
+            for name, method in METHODS.items():
                 for cli_field in _dataclass_fields(method.Options, ("options",), False):
-                    if cli_field.flag not in seen:
-                        seen.add(cli_field.flag)
-                        found.append(cli_field)
+                    shared.setdefault(cli_field.flag, []).append((name, cli_field))
+            for entries in shared.values():
+                found.append(entries[0][1] if len({(f.help, repr(f.default)) for _, f in entries}) == 1
+                             else _merged_field(entries))
         return found
 
     @classmethod

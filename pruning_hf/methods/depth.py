@@ -56,16 +56,16 @@ class DepthOptions:
     num_layers: int | None = field(default=None, metadata={"help": (
         "Depth pruning: how many decoder layers to remove.")})
     selection: str = field(default="influence", metadata={"help": (
-        "Depth: which layers go: 'influence' (the layers with the lowest block influence 1-cos(in, out), each on "
+        "Which layers go: 'influence' (the layers with the lowest block influence 1-cos(in, out), each on "
         "its own; ShortGPT), 'block' (the contiguous block whose output is closest, by cosine, to its input; "
         "ReplaceMe) or 'fitted' (the contiguous block whose linear replacement leaves the smallest error in the "
         "residual stream; needs update='linear').")})
     update: str = field(default="none", metadata={"help": (
-        "Depth: 'none' (cut only) or 'linear' (fit on calibration activations a linear map that makes the layer "
+        "'none' (cut only) or 'linear' (fit on calibration activations a linear map that makes the layer "
         "before the removed block reproduce what the block added, folded into its MLP output projection: still "
         "a stock model; needs a contiguous block, selection='block' or 'fitted').")})
     map_dampening: float = field(default=0.001, metadata={"help": (
-        "Depth update='linear': ridge towards the identity map, as a fraction of the mean diagonal of M^T M.")})
+        "update='linear': ridge towards the identity map, as a fraction of the mean diagonal of M^T M.")})
 
     def __post_init__(self) -> None:
         if self.num_layers is not None:
