@@ -171,7 +171,9 @@ def test_zero_sparsity_changes_nothing(config):
 
 
 def test_depth_updates_config_and_layer_indices_and_generates():
-    model, report = pruned("gemma3", PruningConfig(method="depth", num_layers=2, calibration=CALIBRATION), layers=4)
+    model, report = pruned("gemma3", PruningConfig(method="depth", num_layers=2, selection="influence",
+                                                   calibration=CALIBRATION), layers=4)  # update auto: none here
+    assert report.details["update"] == "none"
     kept = [i for i in range(4) if i not in report.details["removed_layers"]]
     original_types = tiny_config("gemma3", layers=4).layer_types
     assert model.config.layer_types == [original_types[i] for i in kept]

@@ -117,6 +117,25 @@ def test_adaptive_obs_allocates_by_reconstruction_error():
         assert torch.isfinite(model(IDS).logits).all()
 
 
+def test_defaults_are_the_reconstructing_configuration():
+    """The best measured configurations (benchmarks/structured_quality.py) are the defaults."""
+    width = structured(sparsity=0.3)
+    assert (width.options.update, width.options.importance) == ("lstsq", "obs") and width.needs_calibration
+    layers = depth(num_layers=2).options
+    assert (layers.selection, layers.update) == ("block", "auto")
+
+
+@pytest.mark.parametrize("family,update", [("llama", "linear"), ("gpt2", "none")])
+def test_depth_auto_update_folds_where_the_family_allows_it(family, update):
+    """Default depth: the linear fold on pre-norm families with a known MLP, a plain cut elsewhere (GPT-2)."""
+    model, report = pruned(family, depth(num_layers=1), layers=3)
+    assert report.details["update"] == update and len(report.details["removed_layers"]) == 1
+    assert ("linear_map_layer" in report.details) == (update == "linear")
+    if family == "gpt2":
+        with pytest.raises(ValueError, match="not available for model_type='gpt2'"):
+            pruned(family, depth(num_layers=1, update="linear"), layers=3)
+
+
 def test_bad_reconstruction_options_are_rejected():
     with pytest.raises(ValueError, match="update='linear' replaces one contiguous block"):
         depth(num_layers=2, selection="influence", update="linear")
@@ -169,6 +188,8 @@ def test_depth_fitted_selection_picks_the_block_its_map_replaces_best():
     assert sum(e is not None for e in errors) == 3  # every block that has a layer before it: starts 1, 2, 3
     with pytest.raises(ValueError, match="selection='fitted' ranks blocks"):
         depth(num_layers=2, selection="fitted", update="none")
+    with pytest.raises(ValueError, match="update='linear' replaces one contiguous block"):
+        depth(num_layers=2, selection="influence", update="linear")
 
 
 def test_depth_linear_offloaded_equals_in_memory(tmp_path):

@@ -47,23 +47,24 @@ from .base import LayerUpdate, PruningMethod
 
 __all__ = ["DepthOptions", "DepthPruner", "block_influence"]
 
-SELECTIONS = ("influence", "block", "fitted")
-UPDATES = ("none", "linear")
+SELECTIONS = ("block", "fitted", "influence")
+UPDATES = ("auto", "linear", "none")
 
 
 @dataclass
 class DepthOptions:
     num_layers: int | None = field(default=None, metadata={"help": (
         "Depth pruning: how many decoder layers to remove.")})
-    selection: str = field(default="influence", metadata={"help": (
-        "Which layers go: 'influence' (the layers with the lowest block influence 1-cos(in, out), each on "
-        "its own; ShortGPT), 'block' (the contiguous block whose output is closest, by cosine, to its input; "
-        "ReplaceMe) or 'fitted' (the contiguous block whose linear replacement leaves the smallest error in the "
-        "residual stream; needs update='linear').")})
-    update: str = field(default="none", metadata={"help": (
-        "'none' (cut only) or 'linear' (fit on calibration activations a linear map that makes the layer "
-        "before the removed block reproduce what the block added, folded into its MLP output projection: still "
-        "a stock model; needs a contiguous block, selection='block' or 'fitted').")})
+    selection: str = field(default="block", metadata={"help": (
+        "Which layers go: 'block' (the contiguous block whose output is closest, by cosine, to its input; "
+        "ReplaceMe), 'fitted' (the contiguous block whose linear replacement leaves the smallest error in the "
+        "residual stream; needs the linear update) or 'influence' (the layers with the lowest block influence "
+        "1-cos(in, out), each on its own; ShortGPT).")})
+    update: str = field(default="auto", metadata={"help": (
+        "'linear' (fit on calibration activations a linear map that makes the layer before the removed block "
+        "reproduce what the block added, folded into its MLP output projection: still a stock model; needs a "
+        "contiguous block and pre-norm layers with a known MLP), 'none' (cut only) or 'auto' (linear where it "
+        "applies, else none). Default block + auto: the best measured (benchmarks/structured_quality.py).")})
     map_dampening: float = field(default=0.001, metadata={"help": (
         "update='linear': ridge towards the identity map, as a fraction of the mean diagonal of M^T M.")})
 
@@ -76,7 +77,7 @@ class DepthOptions:
         if self.update == "linear" and self.selection == "influence":
             raise ValueError("update='linear' replaces one contiguous block of layers; use selection='block' or "
                              "'fitted' (or update='none' with selection='influence')")
-        if self.selection == "fitted" and self.update != "linear":
+        if self.selection == "fitted" and self.update == "none":
             raise ValueError("selection='fitted' ranks blocks by the error left after the linear replacement; it needs "
                              "update='linear'")
 
@@ -148,14 +149,11 @@ class DepthPruner(PruningMethod):
         if k >= count:
             raise ValueError(f"num_layers={k} must be smaller than the model's {count} "
                              "decoder layers (at least one layer stays)")
-        self.linear = self.options.update == "linear"
-        if self.linear:
-            if self.spec.mlp is None or self.spec.family in ("gpt2", "generic"):
-                raise ValueError(f"depth update='linear' folds a map into an MLP output projection; not available for "
-                                 f"model_type={model.config.model_type!r} (use update='none')")
-            if getattr(model.config, "do_layer_norm_before", True) is False:
-                raise ValueError("depth update='linear' needs pre-norm layers (this OPT applies LayerNorm after the "
-                                 "residual add); use update='none'")
+        update, why_not = self.options.update, self._fold_unavailable(model)
+        self.linear = update == "linear" or (update == "auto" and self.options.selection != "influence"
+                                             and why_not is None)
+        if why_not is not None and (update == "linear" or self.options.selection == "fitted"):
+            raise ValueError(f"depth {'update=linear' if update == 'linear' else 'selection=fitted'} {why_not}")
         self.cosine_sums = torch.zeros(count, dtype=torch.float64)
         self.token_counts = torch.zeros(count, dtype=torch.float64)
         self.block_distance = torch.full((count - k + 1,), float("nan"), dtype=torch.float64)
@@ -165,6 +163,16 @@ class DepthPruner(PruningMethod):
         self.previous: tuple[list, list] | None = None  # (source, writes) of the last layer seen
         self._captured: dict[str, list[torch.Tensor]] = {}
         self._handles: list = []
+
+    def _fold_unavailable(self, model: nn.Module) -> str | None:
+        """Why a linear map cannot be folded into this model's layers (None: it can)."""
+        if self.spec.mlp is None or self.spec.family in ("gpt2", "generic"):
+            return (f"folds a map into an MLP output projection; not available for model_type="
+                    f"{model.config.model_type!r} (use update='none', selection='block' or 'influence')")
+        if getattr(model.config, "do_layer_norm_before", True) is False:
+            return ("needs pre-norm layers (this OPT applies LayerNorm after the residual add); use update='none' "
+                    "with selection='block' or 'influence'")
+        return None
 
     # --- capture of the MLP's residual write (linear update only) ----------------------------------
     def prune_layer(self, layer_index, targets, stats):
@@ -286,7 +294,8 @@ class DepthPruner(PruningMethod):
         self._release_hooks()
         influence = block_influence(self.cosine_sums, self.token_counts)
         count, k = len(influence), self.options.num_layers
-        details = {"block_influence": [round(v, 6) for v in influence.tolist()]}
+        details = {"block_influence": [round(v, 6) for v in influence.tolist()],
+                   "update": "linear" if self.linear else "none"}  # what update='auto' became
         if self.options.selection == "influence":
             removed = sorted(influence.argsort()[:k].tolist())
         else:

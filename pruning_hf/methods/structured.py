@@ -34,16 +34,13 @@ Update of what is kept (``update``), after the units are chosen (maths in :mod:`
   output stays as close as possible to the unpruned one; works for every family (no bias needed), and
   where the output projection has a bias (OPT) the mean term is fitted too.
 
-Allocation. ``uniform``: every layer loses ``round(sparsity * units)``, layer by layer, each layer
-scored on the outputs of the already-pruned layers before it. ``adaptive``: scores of all layers
-(on the unpruned model) are standardised per layer and ranked globally, as FLAP does; with
-``importance="obs"`` each layer's error-vs-removed curve is measured instead (the error the layer adds
-to the residual stream after the OBS update, relative to the stream's energy there), and the cheapest
-removals over all layers are taken. Each layer keeps at least ``min_layer_keep`` of its units. Adaptive
-shrinks every layer after the layer loop, so it holds each layer's statistics (with ``update="lstsq"`` /
-``importance="obs"``: ``X^T X`` of the output projections' inputs, moved to the CPU) until then.
-``sparsity`` is the fraction of units removed of each targeted kind (for neurons and KV groups, also the
-fraction of those projections' weights).
+Allocation. ``uniform``: every layer loses ``round(sparsity * units)``, layer by layer, each scored on
+the outputs of the already-pruned layers before it. ``adaptive``: scores of all layers (on the unpruned
+model) are standardised per layer and ranked globally, as FLAP does; with ``importance="obs"`` each layer's
+error-vs-removed curve (the error it adds to the residual stream after the OBS update, relative to the
+stream's energy) is measured instead and the cheapest removals over all layers are taken. Each layer keeps
+at least ``min_layer_keep`` of its units; the statistics (``X^T X`` for lstsq / obs) wait on the CPU until
+every layer is shrunk after the loop. ``sparsity``: the fraction of units removed of each targeted kind.
 """
 
 from __future__ import annotations
@@ -72,8 +69,8 @@ __all__ = ["StructuredOptions", "StructuredPruner", "column_energy", "unit_impor
 
 logger = logging.getLogger(__name__)
 TARGETS = ("mlp", "heads", "both")
-IMPORTANCES = ("activation", "obs", "magnitude", "fluctuation", "random")
-UPDATES = ("none", "bias", "lstsq")
+IMPORTANCES = ("obs", "activation", "magnitude", "fluctuation", "random")
+UPDATES = ("lstsq", "bias", "none")
 
 
 @dataclass
@@ -81,14 +78,16 @@ class StructuredOptions:
     target: str = field(default="mlp", metadata={"help": (
         "What structured pruning removes: 'mlp' (FFN neurons), 'heads' (attention heads; whole KV groups "
         "in GQA models) or 'both'.")})
-    importance: str = field(default="activation", metadata={"help": (
-        "How units are chosen: 'activation' (Wanda-style |W|*||X|| per unit), 'obs' (grouped OBS: the error "
-        "each unit's removal causes after the optimal update, removed in steps; ZipLM/SlimGPT), 'magnitude' "
-        "(weights only), 'fluctuation' (FLAP's input variance) or 'random'.")})
-    update: str = field(default="none", metadata={"help": (
-        "What compensates for the removed units: 'none' (cut only), 'bias' (FLAP: the removed units' mean "
-        "folded into the output bias, where the family can store one) or 'lstsq' (least-squares re-fit of the "
-        "output projection on the kept units, from calibration X^T X; every family).")})
+    importance: str = field(default="obs", metadata={"help": (
+        "How units are chosen: 'obs' (grouped OBS: the error each unit's removal causes after the optimal "
+        "update, removed in steps; ZipLM/SlimGPT), 'activation' (Wanda-style |W|*||X|| per unit), 'magnitude' "
+        "(weights only), 'fluctuation' (FLAP's input variance) or 'random'. Default 'obs' with update='lstsq': "
+        "the best measured (benchmarks/structured_quality.py).")})
+    update: str = field(default="lstsq", metadata={"help": (
+        "What compensates for the removed units: 'lstsq' (least-squares re-fit of the output projection on the "
+        "kept units, from calibration X^T X; every family; use more calibration tokens than the projection has "
+        "inputs), 'bias' (FLAP: the removed units' mean folded into the output bias, where the family can store "
+        "one) or 'none' (cut only).")})
     dampening: float = field(default=0.01, metadata={"help": (
         "update='lstsq' / importance='obs': added to the diagonal of X^T X as a fraction of its mean "
         "(SparseGPT's 1%); retried 10x larger if the Cholesky factorisation fails.")})
