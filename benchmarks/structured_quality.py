@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import shlex
 import statistics
 import sys
@@ -228,19 +227,14 @@ def _defaults() -> dict[str, str]:
     width = PruningConfig(method="structured", sparsity=0.2).options
     depth = PruningConfig(method="depth", num_layers=1).options
     label = f"{width.importance} / {width.update}"
-    return {"mlp": label, "both": label, "depth": f"{depth.selection} / {depth.update}"}
+    update = "linear" if depth.update == "auto" else depth.update  # auto: the fold, on both (pre-norm) models
+    return {"mlp": label, "both": label, "depth": f"{depth.selection} / {update}"}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="SmolLM2 only, 2 settings, 4 rows, small windows")
-    parser.add_argument("--models", default=None, help="comma-separated model names (default: both embedded models)")
-    parser.add_argument("--settings", default=None, help=f"comma-separated subset of {list(SETTINGS)}")
-    parser.add_argument("--variants", default=None, help="comma-separated subset of the configurations")
+    common.table_arguments(parser, "SmolLM2 only, 2 settings, 4 rows, small windows")
     parser.add_argument("--speed", action="store_true", help="also time batch-1 decode of each pruned model")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads (default 1: on a busy 2-core machine no slower, and steadier)")
-    parser.add_argument("--fresh", action="store_true", help="ignore rows saved by an earlier run")
     parser.add_argument("--timing", type=int, default=0, metavar="ROUNDS", help=(
         "instead of the quality table: prune-only CPU time of SparseGPT 50%% and the default configurations, "
         "ROUNDS alternating rounds (writes structured_quality-timing.json)"))
@@ -250,15 +244,7 @@ def main() -> int:
     text = common.text_source()
     setup = dict(QUICK if args.quick else FULL, text=Path(text).name, threads=args.threads,
                  command=shlex.join(["python", "benchmarks/structured_quality.py", *sys.argv[1:]]))
-    if args.models:
-        setup["models"] = args.models.split(",")
-    for key, allowed in (("settings", SETTINGS), ("variants", [*WIDTH, *DEPTH, REFERENCE])):
-        chosen = getattr(args, key)
-        if chosen:
-            unknown = [item for item in chosen.split(",") if item not in allowed]
-            if unknown:
-                parser.error(f"--{key}: unknown {unknown}; choose from {list(allowed)}")
-            setup[key] = chosen.split(",")
+    common.choose_subsets(parser, args, setup, {"settings": list(SETTINGS), "variants": [*WIDTH, *DEPTH, REFERENCE]})
     if args.timing:
         eval_n, eval_len = setup["evaluation"]
         rows = []
@@ -269,17 +255,12 @@ def main() -> int:
             dense = load_model(model_name, dtype=torch.float32)
             rows += timing_rows(model_name, dense, windows, setup, _defaults(), args.timing)
             del dense
-        table = common.markdown_table(rows, TIMING_COLUMNS)
-        print(f"prune only, calibration {setup['calibration'][0]} x {setup['calibration'][1]} tokens, fp32, "
-              f"{args.threads} torch thread(s); CPU time of the process, median of {args.timing} alternating round(s)\n")
-        print(table)
-        common.write_results(f"{name}-timing", dict(setup, table=table), rows)
-        print(f"\nwrote benchmarks/results/{name}-timing.json")
+        common.finish(f"{name}-timing", setup, rows, TIMING_COLUMNS,
+                      f"prune only, calibration {setup['calibration'][0]} x {setup['calibration'][1]} tokens, fp32, "
+                      f"{args.threads} torch thread(s); CPU time of the process, median of {args.timing} alternating "
+                      "round(s)", [])
         return 0
-    path = common.RESULTS / f"{name}.json"
-    previous = json.loads(path.read_text()) if path.is_file() and not args.fresh else {}
-    same = all(previous.get("setup", {}).get(k) == setup[k] for k in MEASUREMENT_KEYS)
-    done = {(r["model"], r["setting"], r["variant"]): r for r in previous.get("rows", [])} if same else {}
+    done = common.previous_rows(name, setup, MEASUREMENT_KEYS, args.fresh)
     rows = []
 
     def merged() -> list[dict]:
@@ -312,14 +293,10 @@ def main() -> int:
         del dense
     rows = merged()
     annotate(rows)
-    print(f"calibration {setup['calibration'][0]} x {setup['calibration'][1]} tokens (seeded random windows after the "
-          f"evaluation tokens), evaluation {eval_n} x {eval_len} tokens (first windows) of {setup['text']}; fp32, "
-          f"{args.threads} torch thread(s)\n")
-    table = common.markdown_table(rows, COLUMNS)
-    lines = summary(rows, _defaults())
-    print(table + "\n\n" + "\n".join(lines))
-    common.write_results(name, dict(setup, summary=lines, table=table), rows)
-    print(f"\nwrote benchmarks/results/{name}.json")
+    common.finish(name, setup, rows, COLUMNS,
+                  f"calibration {setup['calibration'][0]} x {setup['calibration'][1]} tokens (seeded random windows "
+                  f"after the evaluation tokens), evaluation {eval_n} x {eval_len} tokens (first windows) of "
+                  f"{setup['text']}; fp32, {args.threads} torch thread(s)", summary(rows, _defaults()))
     return 0
 
 
