@@ -76,7 +76,7 @@ FULL = dict(models=MODELS, settings=list(SETTINGS), calibration=[32, 512], evalu
 QUICK = dict(models=MODELS[:1], settings=["mlp 30%", "depth 20%"], calibration=[8, 256], evaluation=[8, 256],
              variants=["activation / none", "obs / lstsq", "influence / none", "block / linear"])
 COLUMNS = [("model", "model"), ("setting", "setting"), ("variant", "importance / update"),
-           ("parameters_removed", "params removed"), ("perplexity", "ppl"), ("vs_dense", "vs dense"),
+           ("removed", "params removed"), ("perplexity", "ppl"), ("vs_dense", "vs dense"),
            ("vs_today", "increase / today's"), ("prune_seconds", "prune s"), ("method_seconds", "method s"),
            ("decode", "decode b1 speed-up / ideal")]
 #: what makes two rows comparable: the same text, calibration and evaluation windows, and threads
@@ -184,6 +184,7 @@ def annotate(rows: list[dict]) -> None:
     """``vs dense``, ``increase / today's`` and the decode column, per model and setting."""
     by_key = {(r["model"], r["setting"], r["variant"]): r for r in rows}
     for row in rows:
+        row["removed"] = f"{row['parameters_removed']:.1%}" if "parameters_removed" in row else ""
         dense = by_key.get((row["model"], "dense", "dense"))
         row["vs_dense"] = f"{row['perplexity'] / dense['perplexity']:.3f}x" if dense else ""
         row["vs_today"] = ""
