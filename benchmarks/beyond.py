@@ -21,7 +21,6 @@ and runs over different subsets (``--models``, ``--settings``, ``--variants``) a
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -142,33 +141,16 @@ def summary(rows: list[dict]) -> list[str]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="SmolLM2 only, 60%%, 3 rows, small windows")
-    parser.add_argument("--models", default=None, help="comma-separated model names (default: both embedded models)")
-    parser.add_argument("--settings", default=None, help=f"comma-separated subset of {list(SETTINGS)}")
-    parser.add_argument("--variants", default=None, help="comma-separated subset of the configurations")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads (default 1: on a busy 2-core machine no slower, and steadier)")
-    parser.add_argument("--fresh", action="store_true", help="ignore rows saved by an earlier run")
+    common.table_arguments(parser, "SmolLM2 only, 60%%, 3 rows, small windows")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     name = "beyond-quick" if args.quick else "beyond"
     setup = dict(QUICK if args.quick else FULL, text=common.text_source(), threads=args.threads,
                  command=" ".join(["python", "benchmarks/beyond.py", *sys.argv[1:]]))
-    if args.models:
-        setup["models"] = args.models.split(",")
-    for key, allowed in (("settings", SETTINGS), ("variants", VARIANTS)):
-        chosen = getattr(args, key)
-        if chosen:
-            unknown = [item for item in chosen.split(",") if item not in allowed]
-            if unknown:
-                parser.error(f"--{key}: unknown {unknown}; choose from {list(allowed)}")
-            setup[key] = chosen.split(",")
-    path = common.RESULTS / f"{name}.json"
-    previous = json.loads(path.read_text()) if path.is_file() and not args.fresh else {}
+    common.choose_subsets(parser, args, setup, {"settings": list(SETTINGS), "variants": list(VARIANTS)})
     # rows measured on the same data and threads are reused, whichever subset of models / settings / variants
     # an earlier run covered; rows of other subsets stay in the file (each command adds to one table)
-    same = all(previous.get("setup", {}).get(k) == setup[k] for k in MEASUREMENT_KEYS)
-    done = {(r["model"], r["setting"], r["variant"]): r for r in previous.get("rows", [])} if same else {}
+    done = common.previous_rows(name, setup, MEASUREMENT_KEYS, args.fresh)
     rows = []
     for model_name in setup["models"]:
         tokenizer = load_tokenizer(model_name)

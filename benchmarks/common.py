@@ -81,3 +81,48 @@ def write_results(name: str, setup: dict[str, Any], rows: list[dict[str, Any]]) 
     path.write_text(json.dumps({"benchmark": name, "setup": setup, "environment": environment(), "rows": rows},
                                indent=2))
     return path
+
+
+def finish(name: str, setup: dict[str, Any], rows: list[dict[str, Any]], columns: list[tuple[str, str]],
+           header: str, lines: list[str]) -> Path:
+    """Print ``header``, the markdown table of ``rows`` and the summary ``lines``; write them with the rows."""
+    table = markdown_table(rows, columns)
+    print(header + "\n")
+    print(table + "\n\n" + "\n".join(lines))
+    path = write_results(name, dict(setup, summary=lines, table=table), rows)
+    print(f"\nwrote {path.relative_to(RESULTS.parent.parent)}")
+    return path
+
+
+def table_arguments(parser, quick: str) -> None:
+    """The flags every resumable quality-table benchmark takes (``quick``: what --quick runs)."""
+    parser.add_argument("--quick", action="store_true", help=quick)
+    parser.add_argument("--models", default=None, help="comma-separated model names (default: both embedded models)")
+    parser.add_argument("--settings", default=None, help="comma-separated subset of the settings")
+    parser.add_argument("--variants", default=None, help="comma-separated subset of the configurations")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (default 1: on a busy 2-core machine no slower, and steadier)")
+    parser.add_argument("--fresh", action="store_true", help="ignore rows saved by an earlier run")
+
+
+def choose_subsets(parser, args, setup: dict[str, Any], allowed: dict[str, list[str]]) -> None:
+    """Put ``--models`` and each ``--<key>`` subset of ``allowed[key]`` into ``setup`` (unknown names: exit 2)."""
+    if args.models:
+        setup["models"] = args.models.split(",")
+    for key, names in allowed.items():
+        chosen = getattr(args, key)
+        if chosen:
+            unknown = [item for item in chosen.split(",") if item not in names]
+            if unknown:
+                parser.error(f"--{key}: unknown {unknown}; choose from {list(names)}")
+            setup[key] = chosen.split(",")
+
+
+def previous_rows(name: str, setup: dict[str, Any], keys: tuple[str, ...], fresh: bool) -> dict[tuple, dict]:
+    """Rows of ``benchmarks/results/<name>.json`` measured with the same ``setup`` values of ``keys`` (data,
+    windows, threads), by ``(model, setting, variant)``: an interrupted or partial run adds to them."""
+    path = RESULTS / f"{name}.json"
+    previous = json.loads(path.read_text()) if path.is_file() and not fresh else {}
+    if not all(previous.get("setup", {}).get(k) == setup[k] for k in keys):
+        return {}
+    return {(r["model"], r["setting"], r["variant"]): r for r in previous.get("rows", [])}

@@ -85,11 +85,15 @@ def random_opt(shape: str, dtype: torch.dtype):
 
 def pruning_config(kind: str, level: float, num_layers: int, importance: str, calibration: dict,
                    allocation: str = "uniform") -> PruningConfig:
+    """Speed depends on shapes only; quality here is the score-and-cut baseline (update 'none', per-layer block
+    influence), as this table always measured: the reconstructing defaults are in structured_quality.py."""
     if kind == "depth":
-        return PruningConfig(method="depth", num_layers=max(1, round(level * num_layers)), calibration=calibration)
+        return PruningConfig(method="depth", num_layers=max(1, round(level * num_layers)), selection="influence",
+                             update="none", calibration=calibration)
     if kind == "unstructured":
         return PruningConfig(method="magnitude", sparsity=level)
-    return PruningConfig(method="structured", target=kind, sparsity=level, importance=importance,
+    update = "bias" if importance == "fluctuation" else "none"  # FLAP: fluctuation scores + mean compensation
+    return PruningConfig(method="structured", target=kind, sparsity=level, importance=importance, update=update,
                          allocation=allocation, calibration=calibration)
 
 

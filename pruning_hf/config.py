@@ -23,7 +23,7 @@ from .sparsity.allocation import PREPASS_ALLOCATIONS
 from .sparsity.masks import Pattern, parse_pattern
 from .utils.checks import (YamlAnchorError, check_choice, check_int, check_number, check_str, name_list,
                            reject_unknown, safe_yaml_load, shown)
-from .utils.cli_fields import CliField, dataclass_cli_fields, flag_words
+from .utils.cli_fields import CliField, dataclass_cli_fields, flag_words, merged_field
 
 __all__ = ["CalibrationConfig", "PruningConfig", "CliField"]
 
@@ -97,7 +97,8 @@ class PruningConfig:
         "(outlier-weighted, Yin et al. 2024: layers with more outliers of the Wanda score |W|*||X|| on the "
         "dense model are pruned less) or 'global' (one threshold of that score across all layers); the "
         "size-weighted mean stays `sparsity`; needs calibration data; not with N:M. structured: 'uniform' or "
-        "'adaptive' (global ranking of standardised unit scores).")})
+        "'adaptive' (global ranking of standardised unit scores; with importance='obs', of each layer's "
+        "reconstruction error).")})
     owl_m: float = field(default=OWL_M, metadata={"help": (
         "OWL's M: a weight is an outlier when its Wanda score exceeds M x its layer's mean score (paper: 5).")})
     owl_lambda: float = field(default=OWL_LAMBDA, metadata={"help": (
@@ -282,12 +283,13 @@ class PruningConfig:
         if "calibration" in include:
             found += dataclass_cli_fields(CalibrationConfig, ("calibration",), True)
         if "options" in include:
-            seen = set()
-            for method in METHODS.values():
+            shared: dict[str, list[tuple[str, CliField]]] = {}
+            for name, method in METHODS.items():
                 for cli_field in dataclass_cli_fields(method.Options, ("options",), False):
-                    if cli_field.flag not in seen:
-                        seen.add(cli_field.flag)
-                        found.append(cli_field)
+                    shared.setdefault(cli_field.flag, []).append((name, cli_field))
+            for entries in shared.values():
+                found.append(entries[0][1] if len({(f.help, repr(f.default)) for _, f in entries}) == 1
+                             else merged_field(entries))
         return found
 
     @classmethod

@@ -51,7 +51,7 @@ def test_sublayer_outputs_are_the_pruned_models_forward(family, windows, monkeyp
     """Each layer's outputs kept by the sub-block schedule equal a plain forward of the pruned model."""
     kept: dict[int, torch.Tensor] = {}
     monkeypatch.setattr(PruningMethod, "observe_layer",
-                        lambda self, index, inputs, outputs: kept.__setitem__(index, torch.cat(outputs)))
+                        lambda self, index, inputs, outputs: kept.__setitem__(index, torch.cat(list(outputs))))
     model = _family_model(family)
     report = prune_model(model, _config(windows, method="wanda", sparsity=0.5, schedule="sublayer"),
                          windows=windows, progress=False)

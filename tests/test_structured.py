@@ -21,6 +21,7 @@ IDS = torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(1))
 
 def structured(**kwargs) -> PruningConfig:
     kwargs.setdefault("importance", "magnitude")
+    kwargs.setdefault("update", "none")  # exact cuts: tests compare kept weights with the dense ones
     return PruningConfig(method="structured", calibration=CALIBRATION, **kwargs)
 
 
@@ -170,7 +171,9 @@ def test_zero_sparsity_changes_nothing(config):
 
 
 def test_depth_updates_config_and_layer_indices_and_generates():
-    model, report = pruned("gemma3", PruningConfig(method="depth", num_layers=2, calibration=CALIBRATION), layers=4)
+    model, report = pruned("gemma3", PruningConfig(method="depth", num_layers=2, selection="influence",
+                                                   calibration=CALIBRATION), layers=4)  # update auto: none here
+    assert report.details["update"] == "none"
     kept = [i for i in range(4) if i not in report.details["removed_layers"]]
     original_types = tiny_config("gemma3", layers=4).layer_types
     assert model.config.layer_types == [original_types[i] for i in kept]
@@ -211,7 +214,7 @@ def test_fluctuation_compensation_keeps_the_mean_mlp_output():
     tokenizer = byte_tokenizer()
     for family in ("opt", "llama"):
         dense = tiny_model(family, layers=1)
-        config = structured(target="mlp", sparsity=0.5, importance="fluctuation")
+        config = structured(target="mlp", sparsity=0.5, importance="fluctuation", update="bias")
         windows = calibration_windows(config.calibration, tokenizer)
         model = copy.deepcopy(dense)
         prune(model, config, tokenizer, progress=False, windows=windows)

@@ -11,6 +11,7 @@ import os
 import shutil
 import tempfile
 import weakref
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -71,6 +72,10 @@ class CapturedInputs:
             item = load_file(item)["hidden"]
         return item.to(device)
 
+    def tensors(self, items: list[torch.Tensor | str]) -> _Batches:
+        """``items`` (stored batches) as a sequence of tensors on the storage device, files read on access."""
+        return _Batches(self, items)
+
     def release(self, items: list[torch.Tensor | str]) -> None:
         """Stored batches no longer needed: their files are deleted."""
         for item in items:
@@ -89,6 +94,19 @@ class CapturedInputs:
         if dense is not None:
             self.release(self.dense or [])
             self.dense = dense
+
+
+class _Batches(Sequence):
+    """Stored batches read as ``(batch, seq, hidden)`` tensors, one at a time (what methods observe)."""
+
+    def __init__(self, captured: CapturedInputs, items: list[torch.Tensor | str]) -> None:
+        self.captured, self.items = captured, items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.captured.load(self.items[index], self.captured.storage)
 
 
 class _InputRecorder(nn.Module):

@@ -106,7 +106,7 @@ def prune_model(model: nn.Module, config, windows: torch.Tensor | None = None, p
                     outputs, dense = sublayer_pass(layer, layout, captured, index, targets, statistics, prune)
                 else:
                     outputs, dense = layer_pass(layer, captured, index, targets, statistics, prune)
-                method.observe_layer(index, captured.hidden, outputs)
+                method.observe_layer(index, captured.tensors(captured.hidden), captured.tensors(outputs))
                 captured.advance(outputs, dense)
             if checkpoints:
                 record.seconds = time.perf_counter() - layer_start

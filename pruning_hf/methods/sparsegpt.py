@@ -11,7 +11,7 @@ from typing import Sequence
 
 import torch
 
-from ..sparsity.hessian import inverse_hessian_factor
+from ..sparsity.hessian import fill_dead_inputs, inverse_hessian_factor
 from ..sparsity.masks import Pattern, mask_from_scores, nm_mask
 from ..sparsity.statistics import StatisticsSpec
 from ..utils.checks import check_int, check_number
@@ -48,9 +48,7 @@ def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float
     mask on its own. Returns ``weight``.
     """
     row_groups = list(row_groups) if row_groups else [weight.shape[0]]
-    hessian = hessian.clone()
-    dead = hessian.diagonal() == 0  # inputs that are always zero: their weights do nothing
-    hessian[dead, dead] = 1.0
+    hessian, dead = fill_dead_inputs(hessian)  # inputs that are always zero: their weights do nothing
     if not pattern.is_block:  # zero them (a block pattern keeps or drops whole tiles, dead columns included)
         weight[:, dead] = 0.0
     hinv, _ = inverse_hessian_factor(hessian, dampening, retries)

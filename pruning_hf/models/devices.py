@@ -17,7 +17,8 @@ from typing import Iterable, Iterator
 import torch
 from torch import nn
 
-__all__ = ["execution_device", "onloaded", "write_weight", "is_offloaded", "retie_offloaded_embeddings"]
+__all__ = ["execution_device", "onloaded", "write_parameter", "write_weight", "is_offloaded",
+           "retie_offloaded_embeddings"]
 
 _ONLOADED = "_pruning_hf_onloaded"  # marks a hook paused by onloaded()
 
@@ -108,15 +109,19 @@ def _write_offloaded(module: nn.Module, name: str, value: torch.Tensor) -> None:
         raise TypeError(f"cannot write offloaded weight {key!r} into a {type(weights_map).__name__}")
 
 
+def write_parameter(module: nn.Module, name: str, value: torch.Tensor) -> None:
+    """Store ``value`` into the module's own parameter ``name`` (same shape, cast to its dtype), offload-aware."""
+    param = getattr(module, name)
+    if param.device.type != "meta":
+        with torch.no_grad():
+            param.copy_(value.to(param.dtype))
+    if is_offloaded(module):
+        _write_offloaded(module, name, value.to(param.dtype))
+
+
 def write_weight(module: nn.Module, matrix: torch.Tensor) -> None:
     """Store an ``(out, in)`` weight into a Linear (or transposed into a Conv1D), offload-aware."""
-    weight = module.weight
-    value = matrix if isinstance(module, nn.Linear) else matrix.t()
-    if weight.device.type != "meta":
-        with torch.no_grad():
-            weight.copy_(value.to(weight.dtype))
-    if is_offloaded(module):
-        _write_offloaded(module, "weight", value.to(weight.dtype))
+    write_parameter(module, "weight", matrix if isinstance(module, nn.Linear) else matrix.t())
 
 
 def retie_offloaded_embeddings(model: nn.Module) -> None:

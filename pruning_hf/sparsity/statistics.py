@@ -55,6 +55,14 @@ class InputStatistics:
                 raise ValueError("these statistics hold a cross term: pass the dense inputs too")
             self.xtd.addmm_(x.t(), dense.detach().reshape(x.shape).to(x.device, torch.float32))
 
+    def to(self, device: torch.device | str) -> InputStatistics:
+        """A copy on ``device`` (what a method keeps past its layer goes to the CPU)."""
+        copy = InputStatistics.__new__(InputStatistics)
+        copy.num_tokens = self.num_tokens
+        copy.sums, copy.sq_norms = self.sums.to(device), self.sq_norms.to(device)
+        copy.xtx = self.xtx.to(device) if self.xtx is not None else None
+        return copy
+
     @property
     def nbytes(self) -> int:
         """Memory held by these statistics."""

@@ -8,7 +8,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["CliField", "dataclass_cli_fields", "flag_words"]
+__all__ = ["CliField", "dataclass_cli_fields", "merged_field", "flag_words"]
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,14 @@ def dataclass_cli_fields(cls, prefix: tuple[str, ...], switches: bool, skip: tup
         found.append(CliField(flag, (*prefix, f.name), _kind(hints[f.name], default, switches),
                               f.metadata.get("help", ""), default))
     return found
+
+
+def merged_field(entries: list[tuple[str, CliField]]) -> CliField:
+    """One flag for an option several methods take with their own meaning or default: each method's help
+    and default, in turn (the flag itself has no default: a method not given it keeps its own)."""
+    parts = [f"{name}: {f.help}" + ("" if f.default in (None, False, []) else f" (default: {f.default})")
+             for name, f in entries]
+    return dataclasses.replace(entries[0][1], help=" | ".join(parts), default=None)
 
 
 def flag_words(cli_field: CliField, value: Any) -> list[str]:
