@@ -52,7 +52,7 @@ def test_evaluate_model_samples_and_single_entry(tokenizer, text_file):
     entry = report["opt"]
     assert entry["perplexity"]["windows"] == 2 and entry["efficiency"] is None
     assert entry["energy"]["perplexity"]["energy_kwh"] > 0  # energy is on by default
-    assert entry["energy"]["generation"]["generated_tokens"] == 3 * 8 * 16  # rounds x batch x new tokens
+    assert entry["energy"]["generation"]["generated_tokens"] == 3 * 8 * 8  # rounds x batch x new tokens
     assert [s["prompt"] for s in entry["samples"]][:1] == ["The capital of France is"]
     assert all(s["new_tokens"] <= 4 for s in entry["samples"])
     assert "Greedy samples:" in report.to_markdown() and report.ratios() == {}

@@ -1,14 +1,16 @@
 """Efficiency of a model as it is in memory: speed, memory, size and FLOPs, all measured in-process.
 
-Timings come from interleaved rounds (:mod:`.rounds`): a warm-up run, then ``repeats`` rounds in
+Timings come from interleaved rounds (:mod:`.rounds`): a warm-up run (decode runs generate 2 tokens
+in it), then ``repeats`` rounds in
 which every workload of every model measured together runs once (CUDA is synchronised around each
 run), so a busy machine's slow spells hit all of them alike. Each timing keeps its per-round values
 (``rounds_seconds``) and their spread; ratios between models pair the rounds:
 
 * prefill: one forward pass over ``(prefill_batch, prefill_seq_len)`` tokens;
 * decode: greedy generation of ``new_tokens`` tokens after a ``prompt_len``-token prompt at each
-  batch size; decode time is ``t(new_tokens) - t(1 token)`` per round, so the prompt's prefill is
-  excluded: ``tokens_per_second = batch * (new_tokens - 1) / median decode time``.
+  batch size, one run per round; decode time is from the first new token (which ends the prompt's
+  prefill; a ``generate`` streamer notes it) to the last, so the prefill is excluded without a second
+  run: ``tokens_per_second = batch * (new_tokens - 1) / median decode time``.
 
 Memory is the model's own, never the process's running maximum: ``peak_bytes`` = its weights
 (parameters and buffers) + the peak resident memory its warm-up runs added over the memory before
@@ -42,7 +44,8 @@ from torch import nn
 from ..models.architectures import UnsupportedModelError, decoder_layers, get_architecture, linear_modules
 from ..models.devices import execution_device, onloaded
 from ..utils.memory import reset_gpu_peak, reset_rss_peak, resident_bytes, rss_peak_bytes
-from .generation import greedy_generate, synthetic_prompts
+from .generation import WORKLOAD_PROMPT_LEN, greedy_generate, synthetic_prompts
+from . import rounds as _rounds
 from .rounds import run_rounds, spread
 
 __all__ = ["parameter_counts", "flops_per_token", "checkpoint_bytes", "SpeedProbe", "measure_efficiencies",
@@ -198,16 +201,31 @@ def own_memory(model: nn.Module, run: Callable[[], object]) -> dict[str, Any]:
             "peak_gpu_bytes": weights + max(increase, 0) if device.type == "cuda" else None}
 
 
+class _FirstToken:
+    """A ``generate`` streamer that notes the time the first new token arrives (its first ``put`` is the prompt)."""
+
+    def __init__(self) -> None:
+        self.puts, self.seen = 0, None
+
+    def put(self, value) -> None:
+        self.puts += 1
+        if self.puts == 2:
+            self.seen = _rounds._clock()
+
+    def end(self) -> None:
+        pass
+
+
 class SpeedProbe:
     """The speed workloads of :func:`measure_efficiencies` and what they measure, for :func:`~.rounds.run_rounds`.
 
-    ``workloads`` builds a model's ``prefill`` / ``decode/B/full`` / ``decode/B/first`` runs (and records its
-    size and FLOPs the first time), ``warmup`` runs them once under :func:`own_memory`, ``results`` turns
-    the rounds' times into the schema of :mod:`pruning_hf.evaluation.report`.
+    ``workloads`` builds a model's ``prefill`` and ``decode/B`` runs (and records its size and FLOPs the
+    first time), ``warmup`` runs them once under :func:`own_memory`, ``results`` turns the rounds' times
+    (and the decode times the runs note themselves) into the schema of :mod:`pruning_hf.evaluation.report`.
     """
 
     def __init__(self, *, prefill_batch: int = 1, prefill_seq_len: int = 512, decode_batches=(1, 8),
-                 prompt_len: int = 32, new_tokens: int = 32, warmup: int = 1, repeats: int = 5,
+                 prompt_len: int = WORKLOAD_PROMPT_LEN, new_tokens: int = 8, warmup: int = 1, repeats: int = 5,
                  flops_seq_len: int | None = None, disk: bool = True) -> None:
         if new_tokens < 2:
             raise ValueError(f"new_tokens must be >= 2 to separate decode from prefill, got {new_tokens}")
@@ -216,6 +234,8 @@ class SpeedProbe:
         self.warmups = warmup
         self.flops_seq_len = flops_seq_len or prefill_seq_len
         self.info: dict[str, dict] = {}
+        self.decode: dict[str, dict[str, list[float]]] = {}  # name -> key -> decode seconds of each timed run
+        self._warming = False
 
     def workloads(self, name: str, model: nn.Module) -> dict[str, Callable[[], None]]:
         model.eval()
@@ -227,13 +247,24 @@ class SpeedProbe:
         prefill_ids = synthetic_prompts(model, self.prefill_batch, self.prefill_seq_len).to(device)
         runs: dict[str, Callable[[], object]] = {"prefill": torch.no_grad()(lambda: model(input_ids=prefill_ids))}
         for batch in self.decode_batches:
-            prompts = synthetic_prompts(model, batch, self.prompt_len)
-            runs[f"decode/{batch}/full"] = partial(greedy_generate, model, prompts, self.new_tokens, fixed_length=True)
-            runs[f"decode/{batch}/first"] = partial(greedy_generate, model, prompts, 1, fixed_length=True)
+            runs[f"decode/{batch}"] = partial(self._decode, name, f"decode/{batch}", model,
+                                              synthetic_prompts(model, batch, self.prompt_len))
         return {key: _synced(fn, device) for key, fn in runs.items()}
 
+    def _decode(self, name: str, key: str, model: nn.Module, prompts: torch.Tensor) -> None:
+        """One generation run; notes its decode time (first new token to the last) unless warming up (then 2 tokens:
+        enough to warm the prefill and the cached decode step)."""
+        first = _FirstToken()
+        greedy_generate(model, prompts, 2 if self._warming else self.new_tokens, fixed_length=True, streamer=first)
+        if not self._warming:
+            self.decode.setdefault(name, {}).setdefault(key, []).append(_rounds._clock() - first.seen)
+
     def warmup(self, name: str, model: nn.Module, own: Mapping[str, Callable[[], object]]) -> None:
-        memory = own_memory(model, lambda: [fn() for _ in range(self.warmups) for fn in own.values()])
+        self._warming = True
+        try:
+            memory = own_memory(model, lambda: [fn() for _ in range(self.warmups) for fn in own.values()])
+        finally:
+            self._warming = False
         self.info[name].setdefault("memory", memory)  # a reloaded model: its first load's reading
 
     def results(self, times: Mapping[str, Mapping[str, list[float]]], timing: Mapping[str, dict]) -> dict[str, dict]:
@@ -248,13 +279,12 @@ class SpeedProbe:
                                  self.prefill_seq_len / seconds}
             result["decode"] = {}
             for batch in self.decode_batches:
-                full, first = own[f"decode/{batch}/full"], own[f"decode/{batch}/first"]
-                decode = [max(f - s, 0.01 * f) for f, s in zip(full, first)]  # noise floor of tiny models
+                full, decode = own[f"decode/{batch}"], self.decode[name][f"decode/{batch}"]
                 result["decode"][str(batch)] = {
                     "batch": batch, "prompt_len": self.prompt_len, "new_tokens": self.new_tokens,
                     "median_seconds": statistics.median(full), "decode_seconds": statistics.median(decode),
                     "rounds_decode_seconds": decode,
-                    "tokens_per_second": batch * (self.new_tokens - 1) / statistics.median(decode)}
+                    "tokens_per_second": batch * (self.new_tokens - 1) / max(statistics.median(decode), 1e-9)}
             results[name] = result
         return results
 

@@ -15,7 +15,10 @@ from tqdm.auto import tqdm
 
 from ..models.devices import execution_device
 
-__all__ = ["DEFAULT_PROMPTS", "greedy_generate", "greedy_samples", "synthetic_prompts"]
+#: prompt tokens of the decode-speed and generation-energy workloads (short: their prefill is not what they measure)
+WORKLOAD_PROMPT_LEN = 8
+
+__all__ = ["WORKLOAD_PROMPT_LEN", "DEFAULT_PROMPTS", "greedy_generate", "greedy_samples", "synthetic_prompts"]
 
 DEFAULT_PROMPTS: tuple[str, ...] = (
     "The capital of France is",

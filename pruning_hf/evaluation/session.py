@@ -29,7 +29,7 @@ from ..utils.memory import available_bytes
 from .efficiency import SpeedProbe, parameter_counts
 from .energy import EnergyTracker, PhaseEnergy
 from .rounds import Reload, run_rounds
-from .generation import DEFAULT_PROMPTS, greedy_generate, greedy_samples, synthetic_prompts
+from .generation import DEFAULT_PROMPTS, WORKLOAD_PROMPT_LEN, greedy_generate, greedy_samples, synthetic_prompts
 from .modules import load_metric
 from .report import EvaluationReport
 from .settings import EvaluationConfig
@@ -237,13 +237,13 @@ class EvaluationSession:
         energy_rounds = config.energy_rounds if self.energy is not None else 0
         shared = probe is not None and config.energy_batch in config.decode_batches and \
             config.energy_new_tokens == config.new_tokens
-        generation = f"decode/{config.energy_batch}/full" if shared else "generation"
+        generation = f"decode/{config.energy_batch}" if shared else "generation"
         records: dict[str, list[PhaseEnergy]] = {name: [] for name in models}
 
         def workloads(name: str, model) -> dict:
             own = probe.workloads(name, model) if probe is not None else {}
             if energy_rounds and generation not in own:
-                own[generation] = partial(greedy_generate, model, synthetic_prompts(model, config.energy_batch, 32),
+                own[generation] = partial(greedy_generate, model, synthetic_prompts(model, config.energy_batch, WORKLOAD_PROMPT_LEN),
                                           config.energy_new_tokens, fixed_length=True)
             return own
 

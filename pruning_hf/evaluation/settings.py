@@ -47,7 +47,7 @@ class EvaluationConfig:
         "Timed rounds per speed measurement (median and spread; models alternate round by round).")})
     prefill_batch: int = field(default=1, metadata={"help": "Batch of the prefill timing."})
     decode_batches: list[int] = field(default_factory=lambda: [1, 8], metadata={"help": "Decode batch sizes."})
-    new_tokens: int = field(default=16, metadata={"help": "Tokens generated per decode timing."})
+    new_tokens: int = field(default=8, metadata={"help": "Tokens generated per decode timing (after an 8-token prompt)."})
     disk: bool = field(default=True, metadata={"help": (
         "Checkpoint bytes (the loaded folder's files, else computed from the tensors; nothing is written).")})
     side_by_side: bool | None = field(default=None, metadata={"help": (
@@ -59,7 +59,7 @@ class EvaluationConfig:
         "ISO 3166-1 alpha-3 country whose grid carbon intensity converts kWh to CO2e (None: codecarbon's "
         "configuration, else the world average).")})
     energy_batch: int = field(default=8, metadata={"help": "Batch of the fixed generation workload."})
-    energy_new_tokens: int = field(default=16, metadata={"help": (
+    energy_new_tokens: int = field(default=8, metadata={"help": (
         "Tokens per sequence of that workload (with efficiency, the decode timing of the same batch and length "
         "is that workload).")})
     energy_rounds: int = field(default=3, metadata={"help": (
