@@ -78,6 +78,26 @@ def test_a_model_slowed_in_one_round_only_gives_no_confident_ratio(clock):
     assert _prefill_ratio(results)["measurable"] and _prefill_ratio(results)["ratio"] == pytest.approx(51)
 
 
+def test_a_real_sleep_in_one_round_is_seen_in_the_spread_not_in_the_ratio():
+    """The same with the real timer and a real ``time.sleep`` in a hook: the slow round widens the spread; the ratio
+    stays near 1.0 (no flag is asserted: on a busy machine two identical tiny models may differ by a few %)."""
+    import time
+
+    dense, slowed = tiny_model("llama"), tiny_model("llama")
+    calls = []
+
+    def sleepy(module, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if ids is not None and ids.shape[-1] == SPEED["prefill_seq_len"]:
+            if len(calls) == 3:  # the third timed round (0: warm-up)
+                time.sleep(0.5)
+            calls.append(1)
+
+    slowed.register_forward_pre_hook(sleepy, with_kwargs=True)
+    ratio = _prefill_ratio(measure_efficiencies({"dense": dense, "slowed": slowed}, **SPEED))
+    assert ratio["max"] > 5 and 0.5 < ratio["ratio"] < 1.5 and ratio["rounds"] == 5
+
+
 def test_the_report_flags_a_ratio_within_noise(tokenizer, text_file, clock):
     dense, slowed = tiny_model("llama"), tiny_model("llama")
     clock.attach(dense)
