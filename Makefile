@@ -22,7 +22,7 @@ install: $(VENV)/.installed
 demo: install
 	$(VENV)/bin/pruning-hf prune embedded:smollm2-135m --method wanda --sparsity 0.5 \
 		--calibration embedded --num-samples 32 --seq-len 512 \
-		--eval-text embedded@test --eval-seq-len 512 --eval-windows 40 \
+		--eval-text embedded@test --eval-seq-len 512 --eval-windows 8 \
 		--output out/smollm2-135m-wanda-50
 
 test: install

@@ -45,7 +45,7 @@ def test_a_structurally_smaller_model_reports_fewer_flops_and_bytes():
     assert sizes["small"]["bytes"] < sizes["big"]["bytes"] and sizes["small"]["total"] < sizes["big"]["total"]
     for result in report.values():
         numbers = [result["prefill"]["median_seconds"], result["prefill"]["tokens_per_second"],
-                   result["memory"]["peak_rss_bytes"], result["checkpoint_bytes"]]
+                   result["memory"]["peak_bytes"], result["checkpoint_bytes"]]
         numbers += [d["tokens_per_second"] for d in result["decode"].values()]
         assert all(math.isfinite(n) and n > 0 for n in numbers)
         assert set(result["decode"]) == {"1", "2"} and result["device"] == "cpu"

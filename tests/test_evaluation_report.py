@@ -41,7 +41,7 @@ def test_compare_models_uses_identical_data_and_reports_ratios(tokenizer, text_f
     assert markdown.startswith("| metric | dense | other |")
     assert f"({ratios['perplexity']:.2f}x)" in markdown and "4 windows x 64 tokens" in markdown
     data = json.loads(report.to_json())
-    assert data["schema"] == "pruning_hf.evaluation/2" and data["versions"]["torch"]
+    assert data["schema"] == "pruning_hf.evaluation/3" and data["versions"]["torch"]
     assert data["settings"]["text"] == str(text_file) and data["data"]["text"]["seq_len"] == 64
     assert EvaluationReport.from_dict(data).to_dict()["models"] == data["models"]
 
@@ -52,7 +52,7 @@ def test_evaluate_model_samples_and_single_entry(tokenizer, text_file):
     entry = report["opt"]
     assert entry["perplexity"]["windows"] == 2 and entry["efficiency"] is None
     assert entry["energy"]["perplexity"]["energy_kwh"] > 0  # energy is on by default
-    assert entry["energy"]["generation"]["generated_tokens"] == 2 * 8 * 32  # rounds x batch x new tokens
+    assert entry["energy"]["generation"]["generated_tokens"] == 3 * 8 * 8  # rounds x batch x new tokens
     assert [s["prompt"] for s in entry["samples"]][:1] == ["The capital of France is"]
     assert all(s["new_tokens"] <= 4 for s in entry["samples"])
     assert "Greedy samples:" in report.to_markdown() and report.ratios() == {}
@@ -72,7 +72,7 @@ def test_from_pretrained_evaluate_gives_dense_vs_pruned_and_saves_it(make_checkp
     assert pruned["pruning"]["sparsity"] == pytest.approx(0.5, abs=0.01)
     assert pruned["pruning"]["config"]["calibration"]["num_samples"] == 4
     assert pruned["size"]["parameters"]["nonzero"] < dense["size"]["parameters"]["nonzero"]
-    assert pruned["energy"]["pruning"]["energy_kwh"] > 0 and pruned["energy"]["generation"]["generated_tokens"] == 16
+    assert pruned["energy"]["pruning"]["energy_kwh"] > 0 and pruned["energy"]["generation"]["generated_tokens"] == 3 * 2 * 4
     assert pruned["energy"]["generation"]["interleaved_with"] == ["dense"]  # rounds alternate with the dense copy
     assert report.energy["tracking"]["summary"]
     assert "energy, pruning (Wh)" in report.to_markdown()
@@ -145,6 +145,6 @@ def test_a_version_1_report_still_loads_with_its_parameter_counts():
     metrics = report.metrics("pruned")
     assert (metrics["params_total"], metrics["params_nonzero"], metrics["weight_bytes"]) == (50, 40, 200)
     assert metrics["prefill_ms"] == 500.0 and metrics["decode_tokens_per_s"] == 8.0
-    assert report.to_dict()["schema"] == "pruning_hf.evaluation/2"
+    assert report.to_dict()["schema"] == "pruning_hf.evaluation/3"
     with pytest.raises(ValueError, match="not a pruning_hf evaluation report"):
         EvaluationReport.from_dict({"schema": "something/1"})

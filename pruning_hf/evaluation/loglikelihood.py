@@ -77,7 +77,8 @@ def continuation_scores(model, requests: Sequence[tuple[list[int], list[int]]], 
     order = sorted(range(len(inputs)), key=lambda i: -len(inputs[i]))
     results: list[tuple[float, bool]] = [(0.0, False)] * len(inputs)
     batches = [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
-    for batch in tqdm(batches, desc="log-likelihood", unit="batch", disable=not progress):
+    label = progress if isinstance(progress, str) else "log-likelihood"
+    for batch in tqdm(batches, desc=label, unit="batch", disable=not progress, leave=False):
         longest = len(inputs[batch[0]])
         ids = torch.zeros(len(batch), longest, dtype=torch.long)
         mask = torch.zeros(len(batch), longest, dtype=torch.long)

@@ -2,11 +2,12 @@
 sweeps, recipes and model cards use (:data:`METRICS`, :func:`entry_metrics`).
 
 A checkpoint saved after an evaluation holds it as ``evaluation_report.json``. JSON schema
-(``"schema": "pruning_hf.evaluation/2"``; version 1 reports, which kept the parameter counts under
-``efficiency``, still load)::
+(``"schema": "pruning_hf.evaluation/3"``; older reports still load and render: version 2 kept one
+median per timing, without its rounds, and the process's peak RSS as ``memory.peak_rss_bytes``; version 1
+also kept the parameter counts under ``efficiency``)::
 
     {
-      "schema": "pruning_hf.evaluation/2",
+      "schema": "pruning_hf.evaluation/3",
       "created": "2026-01-01T12:00:00Z",
       "versions": {"pruning_hf": ..., "torch": ..., "transformers": ..., "evaluate": ..., "datasets": ...,
                    "codecarbon": ..., "accelerate": ..., "python": ...},
@@ -24,12 +25,17 @@ A checkpoint saved after an evaluation holds it as ``evaluation_report.json``. J
           "samples": [{"prompt", "completion", "new_tokens"}] | null,
           "efficiency": null | {"device", "threads", "warmup", "repeats", "checkpoint_bytes",
                                 "flops_per_token": {"linear", "attention", "total", "sparse_skippable", "seq_len"},
-                                "prefill": {"batch", "seq_len", "median_seconds", "tokens_per_second"},
+                                "prefill": {"batch", "seq_len", "median_seconds", "min_seconds", "max_seconds",
+                                            "q1_seconds", "q3_seconds", "rounds_seconds", "tokens_per_second"},
                                 "decode": {"1": {"batch", "prompt_len", "new_tokens", "median_seconds",
-                                                 "decode_seconds", "tokens_per_second"}, "8": {...}},
-                                "memory": {"peak_rss_bytes", "rss_peak_reset", "peak_gpu_bytes"},
-                                "timing": {"mode" ("interleaved" | "alone"), "held", "fits", "model_bytes",
-                                           "available_bytes", "needed_bytes"}, "timed_with"},
+                                                 "decode_seconds", "rounds_decode_seconds", "tokens_per_second"},
+                                           "8": {...}},
+                                "memory": {"peak_bytes" (the model's own: weights + what its runs added),
+                                           "weights_bytes", "run_peak_increase_bytes", "process_peak_rss_bytes",
+                                           "rss_peak_reset", "peak_gpu_bytes"},
+                                "timing": {"mode" ("interleaved" | "interleaved, reloaded every round ..." |
+                                           "alone"), "with", "held", "fits", "model_bytes", "available_bytes",
+                                           "needed_bytes"}, "timed_with"},
           "energy": null | {PHASE: {"name", "seconds", "energy_kwh", "cpu_kwh", "gpu_kwh", "ram_kwh",
                                     "emissions_kg", "emissions_g", "generated_tokens",
                                     ["kwh_per_1k_tokens", "g_per_1k_tokens"]} | {"name", "seconds", "error"}}
@@ -40,7 +46,9 @@ A checkpoint saved after an evaluation holds it as ``evaluation_report.json``. J
                         "codecarbon_version",
                         "tracking": {"tracking_mode", "cpu", "gpu", "ram", "hardware", "measured", "summary"}}
                 | {"error"},                                            # codecarbon could not run: why
-      "ratios": {NAME: {METRIC: value / baseline value}}   # every model but the baseline
+      "ratios": {NAME: {ROW: value / baseline value}},   # every model but the baseline
+      "timing_ratios": {NAME: {ROW: {"ratio", "min", "max", "q1", "q3", "rounds", "measurable", "metric"}}}
+                            # timing rows: per-round ratios of the paired rounds; measurable = IQR excludes 1.0
     }
 """
 
@@ -55,13 +63,13 @@ from typing import Any
 
 from ..utils.storage import atomic_file
 from .energy import describe_source
-from .rows import markdown, table_rows
+from .rows import markdown, table_rows, timing_ratio
 from .tasks import TASK_SUFFIX
 
 __all__ = ["EvaluationReport", "METRICS", "SCHEMA", "is_metric", "entry_metrics", "relative_metrics"]
 
-SCHEMA = "pruning_hf.evaluation/2"
-_OLD_SCHEMAS = ("pruning_hf.evaluation/1",)
+SCHEMA = "pruning_hf.evaluation/3"
+_OLD_SCHEMAS = ("pruning_hf.evaluation/1", "pruning_hf.evaluation/2")
 
 #: flat metric name -> (description, unit): sweep columns, recipe expectations, model-card rows
 METRICS: dict[str, tuple[str, str]] = {
@@ -166,26 +174,50 @@ class EvaluationReport:
         return describe_source(self.energy) if self.energy else None
 
     def ratios(self) -> dict[str, dict[str, float]]:
-        """``{model: {row label: value / baseline}}`` (accuracy rows: difference in points)."""
+        """``{model: {row label: value / baseline}}`` (accuracy rows: difference in points; timing rows: the
+        median of the paired rounds' ratios, see :meth:`timing_ratios`)."""
         base = self.models[0]
         result = {}
         for entry in self.models[1:]:
             values = {}
             for row in table_rows(self):
                 ours, theirs = row.get(entry), row.get(base)
-                if ours is None or theirs is None:
-                    continue
-                if row.kind == "delta":
+                paired = timing_ratio(row, entry, base)
+                if ours is None or theirs is None or (paired is None and row.rounds and row.rounds(entry)):
+                    continue  # (timing rows of models timed apart have no ratio)
+                if paired is not None:
+                    values[row.label] = paired["ratio"]
+                elif row.kind == "delta":
                     values[row.label] = ours - theirs
                 elif theirs:
                     values[row.label] = ours / theirs
             result[entry["name"]] = values
         return result
 
+    def timing_ratios(self, name: str | None = None) -> dict[str, dict[str, Any]]:
+        """``{row label: paired ratio}`` of model ``name`` (default: the last) against the baseline, for the
+        timing rows timed in the same rounds: ``{"ratio", "min", "max", "q1", "q3", "rounds", "measurable",
+        "metric"}`` (see :func:`~pruning_hf.evaluation.rounds.paired_ratio`)."""
+        entry, base = self[name] if name is not None else self.models[-1], self.models[0]
+        result = {}
+        for row in table_rows(self):
+            paired = timing_ratio(row, entry, base) if entry is not base else None
+            if paired is not None:
+                result[row.label] = {**paired, "metric": row.metric}
+        return result
+
+    def timed_apart(self, name: str | None = None) -> list[str]:
+        """The flat metrics of the timing rows of model ``name`` (default: the last) that were not timed in
+        rounds alternating with the baseline, so they have no ratio (e.g. ``side_by_side=False``)."""
+        entry, base = self[name] if name is not None else self.models[-1], self.models[0]
+        return [row.metric for row in table_rows(self) if row.metric and entry is not base and row.rounds(entry)
+                and timing_ratio(row, entry, base) is None]
+
     def to_dict(self) -> dict[str, Any]:
         return {"schema": SCHEMA, "created": self.created, "versions": self.versions, "settings": self.settings,
                 "data": self.data, "baseline": self.baseline, "models": self.models, "energy": self.energy,
-                "ratios": self.ratios()}
+                "ratios": self.ratios(),
+                "timing_ratios": {entry["name"]: self.timing_ratios(entry["name"]) for entry in self.models[1:]}}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "EvaluationReport":

@@ -6,7 +6,9 @@ them). Each :meth:`EvaluationSession.add` measures one model's quality right awa
 (or at :meth:`EvaluationSession.measure_held`), round by round, so a busy spell slows every model
 alike. A model is held when ``side_by_side`` says so or, by default, when it fits in memory
 (:func:`~pruning_hf.utils.memory.available_bytes`, checked and reported under ``efficiency.timing``);
-otherwise it is timed alone right after its quality, which the report says is weaker. Energy phases
+otherwise, when the caller says how to load it again (``add(..., reload=)``), it takes part in the
+rounds loaded afresh for each (weaker, and the report says so), else it is timed alone right after
+its quality and its timings get no ratio. Energy phases
 share one codecarbon tracker, open while the session is; a pruning run's own energy
 (``model.pruning_energy``, recorded by ``prune``) becomes the model's ``pruning`` phase.
 """
@@ -18,15 +20,16 @@ import platform
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from ..data.text import DataSourceError, load_texts, tokenize_texts
 from ..models.architectures import context_length
 from ..models.devices import execution_device
 from ..utils.memory import available_bytes
-from .efficiency import measure_efficiencies, parameter_counts
+from .efficiency import SpeedProbe, parameter_counts
 from .energy import EnergyTracker, PhaseEnergy
-from .generation import DEFAULT_PROMPTS, greedy_generate, greedy_samples, synthetic_prompts
+from .rounds import Reload, run_rounds
+from .generation import DEFAULT_PROMPTS, WORKLOAD_PROMPT_LEN, greedy_generate, greedy_samples, synthetic_prompts
 from .modules import load_metric
 from .report import EvaluationReport
 from .settings import EvaluationConfig
@@ -130,14 +133,22 @@ class EvaluationSession:
             yield record
         self._phases.setdefault(name, {})[phase] = record.to_dict()
 
-    def add(self, name: str, model, tokenizer, keep_copy: bool = False) -> dict:
-        """Evaluate ``model`` as ``name``; a held model is kept as a copy with ``keep_copy`` (the caller
-        changes the model next). Returns the model's report entry."""
+    def add(self, name: str, model, tokenizer, keep_copy: bool = False,
+            reload: Callable[[], Any] | None = None) -> dict:
+        """Evaluate ``model`` as ``name``; returns the model's report entry.
+
+        ``keep_copy``: a held model is kept as a copy (the caller changes the model next). ``reload``:
+        how to load the model again, so that a model that does not fit next to the others still takes
+        part in the interleaved rounds, loaded afresh for each (weaker; the report says so).
+        """
         if name in self.entries:
             raise ValueError(f"two models are named {name!r}; names must be unique")
         self.entries[name] = self._quality(model, tokenizer, name)
         if self._hold(name, model, keep_copy):
             self.held[name] = copy.deepcopy(model) if keep_copy else model
+        elif reload is not None and self._has_costs():
+            self.held[name] = Reload(reload)
+            self._timing[name]["mode"] = "interleaved, reloaded every round (it does not fit next to the others)"
         elif self._has_costs():
             self._measure_costs({name: model})
         return self.entries[name]
@@ -197,46 +208,79 @@ class EvaluationSession:
                      "weights_bytes": counts["bytes"]},
             "tasks": {}, "samples": None, "efficiency": None,
             "energy": phases if self.energy is not None or phases else None}
+        label = (lambda phase: f"{name}: {phase}") if config.progress else (lambda phase: False)
         with self.energy.phase(f"{name}/perplexity") if self.energy is not None else nullcontext() as record:
             entry["perplexity"] = load_metric("perplexity").compute(
                 texts=self.data.texts, model=model, tokenizer=tokenizer, seq_len=config.seq_len,
                 max_windows=config.max_windows, batch_size=config.batch_size, keep_partial=config.keep_partial,
-                progress=config.progress)
+                progress=label("perplexity"))
         if record is not None:
             entry["energy"]["perplexity"] = record.to_dict()
         for task in self.data.tasks:
-            entry["tasks"][task.name] = run_task(model, tokenizer, task, config.batch_size, config.progress)
+            entry["tasks"][task.name] = run_task(model, tokenizer, task, config.batch_size or 8, label(task.name))
         if config.samples:
-            entry["samples"] = greedy_samples(model, tokenizer, DEFAULT_PROMPTS, config.sample_tokens)
+            entry["samples"] = greedy_samples(model, tokenizer, DEFAULT_PROMPTS, config.sample_tokens,
+                                              progress=label("greedy samples"))
         return entry
 
     def _measure_costs(self, models: Mapping[str, Any]) -> None:
-        """Efficiency and the energy of the fixed generation workload; several models alternate round by round."""
+        """Efficiency and the energy of the fixed generation workload, in rounds alternating between ``models``.
+
+        The generation workload is the decode timing of the same batch and length when efficiency is
+        measured too (its runs are tracked), else its own run; it runs in the first ``energy_rounds`` rounds.
+        """
         config = self.config
         self._measured.update(models)
-        if config.efficiency:
-            results = measure_efficiencies(models, prefill_batch=config.prefill_batch, prefill_seq_len=config.seq_len,
-                                           decode_batches=config.decode_batches, new_tokens=config.new_tokens,
-                                           repeats=config.repeats, disk=config.disk)
-            for name, result in results.items():
-                timing = self._timing.get(name, {})
-                result["timing"] = {**timing, "mode": "interleaved" if len(models) > 1 else "alone"}
+        probe = SpeedProbe(prefill_batch=config.prefill_batch, prefill_seq_len=config.seq_len,
+                           decode_batches=config.decode_batches, new_tokens=config.new_tokens, repeats=config.repeats,
+                           disk=config.disk) if config.efficiency else None
+        energy_rounds = config.energy_rounds if self.energy is not None else 0
+        shared = probe is not None and config.energy_batch in config.decode_batches and \
+            config.energy_new_tokens == config.new_tokens
+        generation = f"decode/{config.energy_batch}" if shared else "generation"
+        records: dict[str, list[PhaseEnergy]] = {name: [] for name in models}
+
+        def workloads(name: str, model) -> dict:
+            own = probe.workloads(name, model) if probe is not None else {}
+            if energy_rounds and generation not in own:
+                own[generation] = partial(greedy_generate, model, synthetic_prompts(model, config.energy_batch, WORKLOAD_PROMPT_LEN),
+                                          config.energy_new_tokens, fixed_length=True)
+            return own
+
+        def warmup(name: str, model, own: dict) -> None:
+            (probe.warmup if probe is not None else lambda *_: [fn() for fn in own.values()])(name, model, own)
+
+        def only(key, index: int) -> bool:
+            return index < (energy_rounds if key == generation and not shared else config.repeats) or \
+                (key == generation and index < energy_rounds)
+
+        @contextmanager
+        def tracked(name: str, key, index: int):
+            if key != generation or index >= energy_rounds:
+                yield
+                return
+            with self.energy.phase(f"{name}/generation/{len(self.energy.phases)}",
+                                   config.energy_batch * config.energy_new_tokens) as record:
+                yield
+            records[name].append(record)
+
+        rounds = max(config.repeats if probe is not None else 0, energy_rounds)
+        times = run_rounds(models, workloads, rounds, warmup=warmup, around=tracked, only=only,
+                           progress=config.progress, label="speed and energy" if energy_rounds else "speed")
+        timing = {name: {**self._timing.get(name, {}), "with": [n for n in models if n != name]} for name in models}
+        for name in models:
+            timing[name].setdefault("mode", "interleaved" if len(models) > 1 else "alone")
+        if probe is not None:
+            for name, result in probe.results(times, timing).items():
+                result["timed_with"] = timing[name]["with"]
                 self.entries[name]["efficiency"] = result
-        if self.energy is None or not config.energy_rounds:
-            return
-        tokens = config.energy_batch * config.energy_new_tokens
-        workloads = {name: partial(greedy_generate, model, synthetic_prompts(model, config.energy_batch, 32),
-                                   config.energy_new_tokens, fixed_length=True) for name, model in models.items()}
-        rounds: dict[str, list[PhaseEnergy]] = {name: [] for name in models}
-        for index in range(config.energy_rounds):
-            for name, run in workloads.items():
-                with self.energy.phase(f"{name}/generation/{len(self.energy.phases)}", tokens) as record:
-                    run()
-                rounds[name].append(record)
-        for name, records in rounds.items():
-            self.entries[name]["energy"]["generation"] = {**PhaseEnergy.combined("generation", records).to_dict(),
-                                                          "rounds": config.energy_rounds,
-                                                          "interleaved_with": [n for n in models if n != name]}
+        for name, own in records.items():
+            if own:
+                self.entries[name]["energy"]["generation"] = {
+                    **PhaseEnergy.combined("generation", own).to_dict(), "rounds": len(own),
+                    "batch": config.energy_batch, "new_tokens": config.energy_new_tokens,
+                    "workload": "the decode timing runs" if shared else "its own runs",
+                    "interleaved_with": timing[name]["with"]}
 
 
 def prepared(config: EvaluationConfig | Mapping | EvaluationData | None, tokenizer, overrides: dict) -> EvaluationData:

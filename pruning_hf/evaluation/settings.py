@@ -20,8 +20,8 @@ __all__ = ["EvaluationConfig", "FULL_EVALUATION", "COMPACT"]
 
 #: what ``from_pretrained(..., evaluate=True)`` adds to the defaults (energy is on by default)
 FULL_EVALUATION = {"efficiency": True, "energy": True}
-#: settings of sweep points and recipes: no greedy samples, decode speed at batch 1 only, no checkpoint write
-COMPACT = {"samples": False, "decode_batches": [1], "disk": False}
+#: settings of sweep points and recipes: no greedy samples, decode speed at batch 1 only
+COMPACT = {"samples": False, "decode_batches": [1]}
 
 
 @dataclass
@@ -32,7 +32,9 @@ class EvaluationConfig:
     text_column: str = field(default="text", metadata={"help": "Column holding the text in datasets / JSONL."})
     seq_len: int = field(default=512, metadata={"help": "Tokens per perplexity window."})
     max_windows: int | None = field(default=40, metadata={"help": "Windows to score (None: all of the text)."})
-    batch_size: int = field(default=4, metadata={"help": "Windows / task sequences per forward pass."})
+    batch_size: int | None = field(default=None, metadata={"help": (
+        "Windows / task sequences per forward pass (None: sized to the device's free memory, at most 8 on CPU, "
+        "32 on GPU).")})
     keep_partial: bool = field(default=False, metadata={"help": "Also score a last, shorter window."})
     tasks: list[str] = field(default_factory=list, metadata={"help": (
         "Accuracy tasks (piqa, arc_easy, ... or NAME=FILE.jsonl, see evaluation.tasks); each adds a metric "
@@ -41,11 +43,13 @@ class EvaluationConfig:
     samples: bool = field(default=True, metadata={"help": "Greedy generations for the fixed prompt set."})
     sample_tokens: int = field(default=32, metadata={"help": "New tokens per sample."})
     efficiency: bool = field(default=False, metadata={"help": "Speed, memory, size and FLOPs."})
-    repeats: int = field(default=5, metadata={"help": "Timed repeats per speed measurement (median)."})
+    repeats: int = field(default=5, metadata={"help": (
+        "Timed rounds per speed measurement (median and spread; models alternate round by round).")})
     prefill_batch: int = field(default=1, metadata={"help": "Batch of the prefill timing."})
     decode_batches: list[int] = field(default_factory=lambda: [1, 8], metadata={"help": "Decode batch sizes."})
-    new_tokens: int = field(default=32, metadata={"help": "Tokens generated per decode timing."})
-    disk: bool = field(default=True, metadata={"help": "Measure checkpoint bytes (saves to a temporary folder)."})
+    new_tokens: int = field(default=8, metadata={"help": "Tokens generated per decode timing (after an 8-token prompt)."})
+    disk: bool = field(default=True, metadata={"help": (
+        "Checkpoint bytes (the loaded folder's files, else computed from the tensors; nothing is written).")})
     side_by_side: bool | None = field(default=None, metadata={"help": (
         "Keep the models in memory and alternate their speed and energy runs round by round (fair ratios on "
         "a busy machine). None: when they fit in memory (checked and reported); False: time each model "
@@ -55,8 +59,10 @@ class EvaluationConfig:
         "ISO 3166-1 alpha-3 country whose grid carbon intensity converts kWh to CO2e (None: codecarbon's "
         "configuration, else the world average).")})
     energy_batch: int = field(default=8, metadata={"help": "Batch of the fixed generation workload."})
-    energy_new_tokens: int = field(default=32, metadata={"help": "Tokens per sequence of that workload."})
-    energy_rounds: int = field(default=2, metadata={"help": (
+    energy_new_tokens: int = field(default=8, metadata={"help": (
+        "Tokens per sequence of that workload (with efficiency, the decode timing of the same batch and length "
+        "is that workload).")})
+    energy_rounds: int = field(default=3, metadata={"help": (
         "Rounds of the generation workload per model (summed; models alternate round by round); 0: none.")})
     energy_output_file: str | None = field(default=None, metadata={"help": "Also write codecarbon's CSV here."})
     progress: bool = field(default=True, metadata={"help": "Progress bars."})
@@ -65,12 +71,12 @@ class EvaluationConfig:
         if not isinstance(self.text, str) or not self.text.strip():
             raise DataSourceError(f"evaluation text source must be a non-empty string, got {shown(self.text)}")
         check_int("seq_len", self.seq_len, 2)
-        for name in ("batch_size", "sample_tokens", "repeats", "prefill_batch", "energy_batch"):
+        for name in ("sample_tokens", "repeats", "prefill_batch", "energy_batch"):
             check_int(name, getattr(self, name), 1)
         check_int("energy_rounds", self.energy_rounds, 0)
         check_int("new_tokens", self.new_tokens, 2)
         check_int("energy_new_tokens", self.energy_new_tokens, 1)
-        for name in ("max_windows", "task_limit"):
+        for name in ("max_windows", "task_limit", "batch_size"):
             if getattr(self, name) is not None:
                 check_int(name, getattr(self, name), 1)
         self.decode_batches = [check_int("decode_batches[]", b, 1) for b in self.decode_batches]

@@ -98,11 +98,16 @@ def _comparison_rows(evaluation: dict) -> list[dict[str, str]]:
     rows = []
     tasks = tuple((key, f"{key.removesuffix(TASK_SUFFIX)} accuracy", lambda v: f"{v:.3f}")
                   for key in pruned if key.endswith(TASK_SUFFIX))
+    timing = evaluation.get("timing") or {}  # speed ratios from paired interleaved rounds
     for key, label, fmt in _TABLE_ROWS + tasks:
         if key not in pruned:
             continue
         base = dense.get(key)
         ratio = f"{pruned[key] / base:.3f}x" if base else "-"
+        if key in timing:
+            ratio = f"{timing[key]['ratio']:.3f}x" if timing[key]["measurable"] else "no measurable difference"
+        elif key in evaluation.get("timed_apart", ()):
+            ratio = "timed apart: no ratio"
         rows.append({"metric": label, "dense": fmt(base) if base is not None else "-",
                      "pruned": fmt(pruned[key]), "ratio": ratio})
     return rows
@@ -122,7 +127,9 @@ def _card_evaluation(folder: Path) -> dict:
     if len(report.models) < 2:
         return legacy or {}
     converted = {"settings": {"text": report.settings.get("text"), "seq_len": report.settings.get("seq_len")},
-                 "dense": report.metrics(report.baseline), "pruned": report.metrics()}
+                 "dense": report.metrics(report.baseline), "pruned": report.metrics(),
+                 "timing": {r["metric"]: r for r in report.timing_ratios().values() if r.get("metric")},
+                 "timed_apart": report.timed_apart()}
     if report.energy and not report.energy.get("error"):
         tracking = report.energy.get("tracking") or {}
         info = {"country": country_name(report.energy.get("country_iso_code")), "hardware": tracking.get("hardware", "?"),

@@ -156,7 +156,8 @@ def prune_and_compare(model, tokenizer, pruning, config: EvaluationConfig | Mapp
 
     prune_options = {"country_iso_code": data.config.country_iso_code, **(prune_options or {})}
     with EvaluationSession(data) as session:
-        session.add(dense_name, fresh(last=False) if from_name else model, tokenizer, keep_copy=not from_name)
+        session.add(dense_name, fresh(last=False) if from_name else model, tokenizer, keep_copy=not from_name,
+                    reload=(lambda: fresh(last=False)) if from_name else None)
         for index, (name, pruning_config) in enumerate(runs.items()):
             name = name or pruning_config.describe()
             target = fresh(last=index == len(runs) - 1)

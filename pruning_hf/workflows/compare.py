@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from functools import partial
 from typing import Any, Mapping
 
 from ..evaluation.report import EvaluationReport
@@ -19,8 +20,11 @@ def compare_models(models: Mapping[str, Any], tokenizer=None, config: Evaluation
     """Measure several models on identical data; the first is the baseline of every ratio.
 
     ``models`` maps a display name to a loaded model or to a model name / folder (loaded one at a
-    time, then released). ``tokenizer`` defaults to the first model's. Everything is validated (text,
-    tasks, context lengths, country) before the first model is evaluated.
+    time for its quality). Their speed and energy are then measured in interleaved rounds: the models
+    stay in memory when they fit (checked, and reported under ``efficiency.timing``), else the ones
+    that do not fit are loaded again for each round (weaker; the report says so). ``tokenizer``
+    defaults to the first model's. Everything is validated (text, tasks, context lengths, country)
+    before the first model is evaluated.
     """
     if not models:
         raise ValueError("compare_models needs at least one model")
@@ -40,7 +44,9 @@ def compare_models(models: Mapping[str, Any], tokenizer=None, config: Evaluation
         check_seq_len(ready[name].config if name in ready else value.config, data.config.seq_len, name)
     with EvaluationSession(data) as session:
         for name, value in models.items():
-            model = load_pretrained(ready[name].name, tokenizer, **load_kwargs) if name in ready else value
-            session.add(name, model, tokenizer)
-            del model
+            if name in ready:
+                load = partial(load_pretrained, ready[name].name, tokenizer, **load_kwargs)
+                session.add(name, load(), tokenizer, reload=load)
+            else:
+                session.add(name, value, tokenizer)
     return session.report()

@@ -56,15 +56,24 @@ class Constraint:
     def threshold(self, dense: dict) -> float:
         return self.value * dense[self.metric] if self.relative else self.value
 
+    def _measured(self, row: dict, dense: dict) -> tuple[float | None, float]:
+        """(value, limit); a relative speed term uses the point's ratio from rounds paired with the dense model
+        (``METRIC_vs_dense``), 1.0 when that ratio is no measurable difference."""
+        paired = row.get(f"{self.metric}_vs_dense")
+        if self.relative and paired:
+            return (paired["ratio"] if paired["measurable"] else 1.0), self.value
+        return row.get(self.metric), self.threshold(dense)
+
     def holds(self, row: dict, dense: dict) -> bool:
-        measured, limit = row.get(self.metric), self.threshold(dense)
+        measured, limit = self._measured(row, dense)
         if measured is None:
             return False
         return {"<=": measured <= limit, "<": measured < limit, ">=": measured >= limit, ">": measured > limit}[self.op]
 
     def violation(self, row: dict, dense: dict) -> float:
         """How far outside (relative to the limit); 0 when it holds."""
-        measured, limit = row.get(self.metric, math.inf), self.threshold(dense)
+        measured, limit = self._measured(row, dense)
+        measured = math.inf if measured is None else measured
         gap = measured - limit if self.op.startswith("<") else limit - measured
         return max(gap, 0.0) / max(abs(limit), 1e-12)
 

@@ -123,6 +123,7 @@ def sweep(model: str, methods: Sequence[str] | str = ("magnitude", "wanda", "spa
                 state["dense"] = {k: v for k, v in entry_metrics(session.entries["dense"]).items() if is_metric(k)}
                 result.dense = state["dense"]
             metrics = {k: v for k, v in entry_metrics(session.entries[key]).items() if is_metric(k)}
+            metrics.update(_speed_vs_dense(session, key))
             state["points"][key] = {"key": key, "label": _label(config), "method": config.method,
                                     "pattern": config.pattern, "config": config.to_dict(), **metrics,
                                     **relative_metrics(metrics, result.dense)}
@@ -138,6 +139,15 @@ def sweep(model: str, methods: Sequence[str] | str = ("magnitude", "wanda", "spa
         result.saved_best = _save_best(result, configs[result.recommendation["key"]], ready, Path(save_best),
                                        progress)
     return result
+
+
+def _speed_vs_dense(session: EvaluationSession, key: str) -> dict[str, dict]:
+    """``{METRIC_vs_dense: paired ratio}`` of a point timed in rounds alternating with the dense model."""
+    if "dense" not in session.entries:
+        return {}
+    ratios = session.report(["dense", key]).timing_ratios(key).values()
+    return {f"{r['metric']}_vs_dense": {k: r[k] for k in ("ratio", "q1", "q3", "measurable")}
+            for r in ratios if r.get("metric")}
 
 
 def _save_best(result: SweepResult, config: PruningConfig, ready: Preflight, target: Path, progress: bool) -> Path:

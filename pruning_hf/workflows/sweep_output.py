@@ -55,17 +55,28 @@ class SweepResult:
         tasks = sorted({key for row in self.rows for key in row if key.endswith(TASK_SUFFIX)})
         return [c for c in TABLE_COLUMNS if any(c in row for row in self.rows)] + tasks
 
+    def _speed(self, row: dict) -> str:
+        """A point's speed against the dense model, from their paired rounds."""
+        parts = [f"{label} {r['ratio']:.2f}x" for label, r in (("prefill", row.get("prefill_ms_vs_dense")),
+                                                                 ("decode", row.get("decode_tokens_per_s_vs_dense")))
+                 if r and r["measurable"]]
+        if not any(key.endswith("_vs_dense") for key in row):
+            return "-"
+        return ", ".join(parts) or "no measurable difference"
+
     def table(self) -> str:
         """Markdown table: dense first, then every point; budget and Pareto (size) membership marked."""
         columns = self.columns()
+        speed = any(key.endswith("_vs_dense") for row in self.rows for key in row)
         front = {r["key"] for r in pareto_front(self.rows + [self.dense_row], "size_ratio")}
-        lines = ["| point | " + " | ".join(columns) + " | budget | Pareto (size) |",
-                 "|---|" + "---|" * (len(columns) + 2)]
+        lines = ["| point | " + " | ".join(columns) + (" | speed vs dense" if speed else "") + " | budget | Pareto (size) |",
+                 "|---|" + "---|" * (len(columns) + 2 + speed)]
         lines.append("| dense | " + " | ".join(format_metric(c, self.dense_row.get(c)) for c in columns)
-                     + f" | | {'yes' if 'dense' in front else ''} |")
+                     + (" | " if speed else "") + f" | | {'yes' if 'dense' in front else ''} |")
         for row in self.rows:
             mark = "*" if self.recommendation and row["key"] == self.recommendation["key"] else ""
             lines.append(f"| {mark}{row['label']}{mark} | " + " | ".join(format_metric(c, row.get(c)) for c in columns)
+                         + (f" | {self._speed(row)}" if speed else "")
                          + f" | {'yes' if row['within_budget'] else 'no'} | {'yes' if row['key'] in front else ''} |")
         return "\n".join(lines)
 

@@ -1,0 +1,188 @@
+"""The tool's own speed: wall time of `pruning-hf eval` of two SmolLM2-135M models and of `make demo`'s command.
+
+    python benchmarks/tool_speed.py [--baseline REV] [--repeats 1] [--only eval,demo] [--concurrent]
+
+Timed commands (each in a fresh process, as a user runs them; the SmolLM2 cache and a Wanda 50% checkpoint
+are made first, untimed):
+
+* ``eval``: ``pruning-hf eval embedded:smollm2-135m WANDA50 --seq-len 256 --max-windows 8 --efficiency --energy``
+  (the perplexity text is the embedded held-out split);
+* ``demo``: the ``pruning-hf prune`` command of the ``demo`` target in the checkout's ``Makefile``.
+
+With ``--baseline REV`` the same commands also run with the code of git revision ``REV`` (extracted with
+``git archive`` into a temporary folder, imported through ``PYTHONPATH``), alternating baseline and current
+command by command (``--concurrent``: all at once), so both see the same machine load; the table gives each time
+and their ratio. The load
+average before each run is recorded: the 2-core machines here are shared, so only the ratios of one run are
+comparable, and an absolute time counts as an idle-machine number only when the load was below 1.5 before and
+after it. The CPU time of each command (user + system, all its threads) is recorded too: it depends much less on
+the load than wall time does, and on an idle 2-core machine the wall time lies between CPU time / 2 and CPU time.
+The perplexities, window counts and paired speed ratios each command reported are recorded as well.
+Prints a markdown table and writes ``benchmarks/results/tool_speed.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import resource
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: E402
+
+MODEL = "embedded:smollm2-135m"
+EVAL = ["eval", MODEL, "{pruned}", "--names", "dense,wanda-50", "--seq-len", "256", "--max-windows", "8",
+        "--efficiency", "--energy", "--json", "{out}/eval.json", "--no-progress"]
+
+
+def demo_command(source: Path) -> list[str]:
+    """The `pruning-hf prune` arguments of the Makefile's demo target in ``source``."""
+    text = (source / "Makefile").read_text()
+    recipe = re.search(r"^demo:.*?\n((?:\t.*\n?)+)", text, re.M).group(1)
+    line = " ".join(part.strip().rstrip("\\") for part in recipe.splitlines())
+    args = shlex.split(line.split("pruning-hf", 1)[1])
+    args[args.index("--output") + 1] = "{out}/demo"
+    return args + ["--no-progress"]
+
+
+def _environment(source: Path) -> dict[str, str]:
+    env = {**os.environ, "PYTHONPATH": str(source), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    found = subprocess.run([sys.executable, "-c", "import pruning_hf; print(pruning_hf.__file__)"], env=env,
+                           cwd=source, capture_output=True, text=True, check=True).stdout.strip()
+    if not Path(found).resolve().is_relative_to(source.resolve()):
+        raise SystemExit(f"PYTHONPATH={source} imports pruning_hf from {found}: the timed code would be the wrong one")
+    return env
+
+
+def _results(out: Path) -> dict:
+    """What the timed command printed, from its report: perplexities, windows and the paired speed ratios."""
+    path = out / "eval.json" if (out / "eval.json").is_file() else out / "demo" / "evaluation_report.json"
+    if not path.is_file():
+        return {}
+    report = json.loads(path.read_text())
+    found = {f"ppl_{m['name']}": round(m["perplexity"]["perplexity"], 3) for m in report["models"]}
+    found["eval_windows"] = report["models"][0]["perplexity"]["windows"]
+    found["eval_tokens"] = report["models"][0]["perplexity"]["tokens"]
+    for name, rows in (report.get("timing_ratios") or {}).items():
+        for label, ratio in rows.items():
+            found[f"{name}: {label}"] = (f"{ratio['ratio']:.2f}x (IQR {ratio['q1']:.2f}-{ratio['q3']:.2f})"
+                                         if ratio["measurable"] else "no measurable difference")
+    return found
+
+
+def start(source: Path, args: list[str], out: Path, pruned: Path) -> dict:
+    """Start one timed command (output to ``out/log.txt``)."""
+    env = _environment(source)
+    command = [sys.executable, "-m", "pruning_hf.cli", *(a.format(out=out, pruned=pruned) for a in args)]
+    log = open(out / "log.txt", "w")
+    load = os.getloadavg()[0]
+    process = subprocess.Popen(command, cwd=out, env=env, stdout=log, stderr=subprocess.STDOUT)
+    return {"process": process, "command": command, "out": out, "log": log, "load": load,
+            "started": time.perf_counter()}
+
+
+def finish(running: list[dict]) -> list[dict]:
+    """Wait for every started command, each timed to its own end; wall and CPU time (its own ``rusage``)."""
+    by_pid, results = {run["process"].pid: run for run in running}, {}
+    while len(results) < len(running):
+        pid, status, usage = os.wait4(-1, 0)
+        if pid not in by_pid:
+            continue
+        run = by_pid[pid]
+        seconds = time.perf_counter() - run["started"]
+        run["log"].close()
+        if os.waitstatus_to_exitcode(status):
+            tail = (run["out"] / "log.txt").read_text()[-3000:]
+            raise SystemExit(f"{shlex.join(run['command'])} failed:\n{tail}")
+        after = os.getloadavg()[0]
+        results[pid] = {"seconds": seconds, "cpu_seconds": usage.ru_utime + usage.ru_stime, "load_before": run["load"],
+                        "load_after": after, "idle": max(run["load"], after) < 1.5, "results": _results(run["out"])}
+    return [results[run["process"].pid] for run in running]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--baseline", default=None, help="git revision to compare with (e.g. HEAD~3)")
+    parser.add_argument("--repeats", type=int, default=1, help="alternating runs per command and code version")
+    parser.add_argument("--only", default="eval,demo", help="comma-separated: eval, demo")
+    parser.add_argument("--concurrent", action="store_true", help=(
+        "start every command (each code version) at once instead of one after the other: on a machine whose load "
+        "changes, both versions then see the same load; the one that ends first frees the CPU for the others, so "
+        "the ratio understates a speed-up"))
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="tool_speed_") as tmp:
+        tmp = Path(tmp)
+        sources = {"current": ROOT}
+        if args.baseline:
+            sources[f"baseline {args.baseline}"] = tmp / "baseline"
+            sources[f"baseline {args.baseline}"].mkdir()
+            archive = subprocess.run(["git", "-C", str(ROOT), "archive", args.baseline], check=True,
+                                     capture_output=True).stdout
+            subprocess.run(["tar", "-x", "-C", str(tmp / "baseline")], input=archive, check=True)
+        pruned = tmp / "wanda-50"
+        setup = [MODEL, "--method", "wanda", "--sparsity", "0.5", "--calibration", "embedded", "--num-samples", "8",
+                 "--seq-len", "256", "--output", str(pruned), "--no-energy", "--no-progress"]
+        subprocess.run([sys.executable, "-m", "pruning_hf.cli", "prune", *setup], check=True, capture_output=True,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+        commands = {"eval": EVAL}
+        rows, jobs = [], []
+        for name in [n.strip() for n in args.only.split(",") if n.strip()]:
+            for repeat in range(args.repeats):
+                for label, source in sources.items():  # alternating: baseline and current see the same load
+                    command = commands.get(name) or demo_command(source)
+                    out = tmp / f"{name}-{label.replace(' ', '_')}-{repeat}"
+                    out.mkdir()
+                    shown = shlex.join(["pruning-hf", *command]).replace(str(pruned), "WANDA50")
+                    jobs.append(({"command": name, "code": label, "repeat": repeat, "args": shown,
+                                  "concurrent": args.concurrent}, (source, command, out, pruned)))
+        batches = [jobs] if args.concurrent else [[job] for job in jobs]
+        for batch in batches:
+            for (row, _), result in zip(batch, finish([start(*how) for _, how in batch])):
+                rows.append({**row, **result})
+                print(f"{row['command']} ({row['code']}): {result['seconds']:.1f} s wall, {result['cpu_seconds']:.1f} s "
+                      f"CPU, load {result['load_before']:.2f} -> {result['load_after']:.2f}", flush=True)
+    table_rows = []
+    for name in dict.fromkeys(row["command"] for row in rows):
+        mine = [r for r in rows if r["command"] == name]
+        current = [r["seconds"] for r in mine if r["code"] == "current"]
+        row = {"command": name, "current_s": min(current),
+               "current_cpu_s": min(r["cpu_seconds"] for r in mine if r["code"] == "current"),
+               "load": max(max(r["load_before"], r["load_after"]) for r in mine),
+               "idle": all(r["idle"] for r in mine)}
+        base = [r["seconds"] for r in mine if r["code"] != "current"]
+        if base:
+            row.update(baseline_s=min(base), ratio=min(current) / min(base),
+                       baseline_cpu_s=min(r["cpu_seconds"] for r in mine if r["code"] != "current"))
+            row["cpu_ratio"] = row["current_cpu_s"] / row["baseline_cpu_s"]
+        table_rows.append(row)
+    print()
+    print(common.markdown_table(table_rows, [("command", "command"), ("baseline_s", f"baseline {args.baseline} (s)"),
+                                             ("current_s", "current (s)"), ("ratio", "current / baseline"),
+                                             ("baseline_cpu_s", "baseline CPU (s)"), ("current_cpu_s", "current CPU (s)"),
+                                             ("cpu_ratio", "CPU current / baseline"),
+                                             ("load", "highest 1-min load average before / after a run"),
+                                             ("idle", "idle (load < 1.5)")]))
+    for name in dict.fromkeys(row["command"] for row in rows):
+        print(f"\n`{name}`: {next(r['args'] for r in rows if r['command'] == name and r['code'] == 'current')}")
+        for row in (r for r in rows if r["command"] == name):
+            print(f"  {row['code']}: " + ", ".join(f"{k} {v}" for k, v in row["results"].items()))
+    path = common.write_results("tool_speed", {"model": MODEL, "baseline": args.baseline, "repeats": args.repeats,
+                                               "concurrent": args.concurrent,
+                                               "eval": "8 windows x 256 tokens of embedded@test, 2 models"},
+                                rows + [{"summary": table_rows}])
+    print(f"\nwrote {os.path.relpath(path)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
