@@ -1,6 +1,6 @@
 """Unstructured and N:M pruning of SmolLM2-135M: perplexity, prune time and peak RSS per method.
 
-    python benchmarks/unstructured.py [--quick]
+    python benchmarks/unstructured.py [--quick] [--schedule auto|sublayer|layer]
 
 Calibration: random windows (seed 0) from WikiText-2 validation (``../shared/data``) when present,
 else the embedded corpus; evaluation: the first windows of the same text, disjoint from calibration.
@@ -48,7 +48,7 @@ def run_row(label: str, method_kwargs: dict | None, setup: dict) -> dict:
     row = {"configuration": label, "prune_seconds": 0.0}
     if method_kwargs:
         windows = sample_windows(calib_tokens, setup["calibration_samples"], setup["seq_len"], seed=0)
-        config = PruningConfig(calibration={"batch_size": 8}, **method_kwargs)
+        config = PruningConfig(calibration={"batch_size": 8}, schedule=setup["schedule"], **method_kwargs)
         started = time.perf_counter()
         report = prune(model, config, tokenizer, windows=windows, progress=False)
         row["prune_seconds"] = time.perf_counter() - started
@@ -61,8 +61,10 @@ def run_row(label: str, method_kwargs: dict | None, setup: dict) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="8x256 calibration, 8x256 evaluation, fewer rows")
+    parser.add_argument("--schedule", default="auto", help="PruningConfig.schedule of every row (layer: the tables "
+                        "measured before the sub-block schedule became the default)")
     args = parser.parse_args()
-    setup = {"model": MODEL, "text": common.text_source(), "seq_len": 256 if args.quick else 512,
+    setup = {"model": MODEL, "text": common.text_source(), "schedule": args.schedule, "seq_len": 256 if args.quick else 512,
              "calibration_samples": 8 if args.quick else 32, "eval_windows": 8 if args.quick else 40,
              "calibration": "random windows, seed 0, from the text after the evaluation tokens",
              "evaluation": "first eval_windows x seq_len tokens, non-overlapping windows"}
