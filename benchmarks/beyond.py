@@ -172,6 +172,8 @@ def main() -> int:
     setup = dict(QUICK if args.quick else FULL, text=common.text_source(), threads=args.threads,
                  command=" ".join(["python", "benchmarks/beyond.py", *sys.argv[1:]]))
     common.choose_subsets(parser, args, setup, {"settings": list(SETTINGS), "variants": list(VARIANTS)})
+    if args.variants:  # only the configurations asked for (no global-allocation rows added)
+        setup["global_at"] = []
     # rows measured on the same data and threads are reused, whichever subset of models / settings / variants
     # an earlier run covered; rows of other subsets stay in the file (each command adds to one table)
     done = common.previous_rows(name, setup, MEASUREMENT_KEYS, args.fresh)
