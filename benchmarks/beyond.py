@@ -72,7 +72,7 @@ COLUMNS = [("model", "model"), ("setting", "setting"), ("variant", "configuratio
 
 
 #: what makes two rows comparable: the same text, calibration and evaluation windows, and threads
-MEASUREMENT_KEYS = ("text", "calibration", "evaluation", "threads")
+MEASUREMENT_KEYS = ("text", "calibration", "evaluation", "threads", "schedule")
 
 
 def _merged(rows: list[dict], earlier: dict[tuple, dict]) -> list[dict]:
@@ -101,8 +101,8 @@ def run_row(model, dense_state, windows, eval_tokens, setup, setting: str, varia
     method, extra = VARIANTS[variant]
     model.load_state_dict(dense_state)
     cal_n, cal_len = setup["calibration"]
-    config = PruningConfig(method=method, sparsity=sparsity, pattern=pattern, **extra,
-                           calibration={"source": setup["text"], "num_samples": cal_n, "seq_len": cal_len})
+    config = PruningConfig(method=method, sparsity=sparsity, pattern=pattern, schedule=setup.get("schedule", "auto"),
+                           **extra, calibration={"source": setup["text"], "num_samples": cal_n, "seq_len": cal_len})
     started = time.perf_counter()
     report = prune_model(model, config, windows=windows, progress=False)
     seconds = time.perf_counter() - started
@@ -164,6 +164,8 @@ def summary(rows: list[dict]) -> list[str]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     common.table_arguments(parser, "SmolLM2 only, 60%%, 3 rows, small windows")
+    parser.add_argument("--schedule", default="auto", help="PruningConfig.schedule of every row (layer: the "
+                        "README table, measured before the sub-block schedule became the default)")
     parser.add_argument("--rerun", action="store_true",
                         help="measure the selected rows again (e.g. for times from one process), keeping the others")
     args = parser.parse_args()
@@ -171,6 +173,8 @@ def main() -> int:
     name = "beyond-quick" if args.quick else "beyond"
     setup = dict(QUICK if args.quick else FULL, text=common.text_source(), threads=args.threads,
                  command=" ".join(["python", "benchmarks/beyond.py", *sys.argv[1:]]))
+    if args.schedule != "layer":  # the saved rows (no "schedule" in their set-up) ran the layer schedule
+        setup["schedule"] = args.schedule
     common.choose_subsets(parser, args, setup, {"settings": list(SETTINGS), "variants": list(VARIANTS)})
     if args.variants:  # only the configurations asked for (no global-allocation rows added)
         setup["global_at"] = []

@@ -123,6 +123,6 @@ def previous_rows(name: str, setup: dict[str, Any], keys: tuple[str, ...], fresh
     windows, threads), by ``(model, setting, variant)``: an interrupted or partial run adds to them."""
     path = RESULTS / f"{name}.json"
     previous = json.loads(path.read_text()) if path.is_file() and not fresh else {}
-    if not all(previous.get("setup", {}).get(k) == setup[k] for k in keys):
+    if not all(previous.get("setup", {}).get(k) == setup.get(k) for k in keys):
         return {}
     return {(r["model"], r["setting"], r["variant"]): r for r in previous.get("rows", [])}
