@@ -91,23 +91,52 @@ def start(source: Path, args: list[str], out: Path, pruned: Path) -> dict:
             "started": time.perf_counter()}
 
 
-def finish(running: list[dict]) -> list[dict]:
-    """Wait for every started command, each timed to its own end; wall and CPU time (its own ``rusage``)."""
-    by_pid, results = {run["process"].pid: run for run in running}, {}
-    while len(results) < len(running):
-        pid, status, usage = os.wait4(-1, 0)
+def finish(running: list[dict], timeout: float | None = None):
+    """Yield ``(index, result)`` as each started command ends, timed to its own end: wall and CPU time (its own
+    ``rusage``); a command that fails, or runs past ``timeout`` seconds (then killed), yields ``{"failed": why}``."""
+    by_pid = {run["process"].pid: (index, run) for index, run in enumerate(running)}
+    while by_pid:
+        pid, status, usage = os.wait4(-1, os.WNOHANG)
+        if pid == 0:
+            for index, run in by_pid.values():
+                if timeout and time.perf_counter() - run["started"] > timeout and not run.get("killed"):
+                    run["process"].kill()
+                    run["killed"] = True
+            time.sleep(0.2)
+            continue
         if pid not in by_pid:
             continue
-        run = by_pid[pid]
+        index, run = by_pid.pop(pid)
         seconds = time.perf_counter() - run["started"]
         run["log"].close()
         if os.waitstatus_to_exitcode(status):
-            tail = (run["out"] / "log.txt").read_text()[-3000:]
-            raise SystemExit(f"{shlex.join(run['command'])} failed:\n{tail}")
+            why = f"timed out after {timeout:.0f} s" if run.get("killed") else \
+                (run["out"] / "log.txt").read_text()[-3000:]
+            print(f"{shlex.join(run['command'])} failed: {why}", flush=True)
+            yield index, {"failed": why, "seconds": seconds}
+            continue
         after = os.getloadavg()[0]
-        results[pid] = {"seconds": seconds, "cpu_seconds": usage.ru_utime + usage.ru_stime, "load_before": run["load"],
-                        "load_after": after, "idle": max(run["load"], after) < 1.5, "results": _results(run["out"])}
-    return [results[run["process"].pid] for run in running]
+        yield index, {"seconds": seconds, "cpu_seconds": usage.ru_utime + usage.ru_stime, "load_before": run["load"],
+                      "load_after": after, "idle": max(run["load"], after) < 1.5, "results": _results(run["out"])}
+
+
+def summary(rows: list[dict]) -> list[dict]:
+    """One row per command: best current and baseline times (wall, CPU), their ratios, the highest load seen."""
+    table = []
+    for name in dict.fromkeys(row["command"] for row in rows):
+        mine = [r for r in rows if r["command"] == name and "failed" not in r]
+        current = [r for r in mine if r["code"] == "current"]
+        base = [r for r in mine if r["code"] != "current"]
+        row = {"command": name, "load": max((max(r["load_before"], r["load_after"]) for r in mine), default=None),
+               "idle": bool(mine) and all(r["idle"] for r in mine)}
+        if current:
+            row.update(current_s=min(r["seconds"] for r in current), current_cpu_s=min(r["cpu_seconds"] for r in current))
+        if base:
+            row.update(baseline_s=min(r["seconds"] for r in base), baseline_cpu_s=min(r["cpu_seconds"] for r in base))
+        if current and base:
+            row.update(ratio=row["current_s"] / row["baseline_s"], cpu_ratio=row["current_cpu_s"] / row["baseline_cpu_s"])
+        table.append(row)
+    return table
 
 
 def main() -> int:
@@ -119,6 +148,8 @@ def main() -> int:
         "start every command (each code version) at once instead of one after the other: on a machine whose load "
         "changes, both versions then see the same load; the one that ends first frees the CPU for the others, so "
         "the ratio understates a speed-up"))
+    parser.add_argument("--timeout", type=float, default=None, help="seconds after which a command is killed "
+                        "(recorded as failed)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="tool_speed_") as tmp:
         tmp = Path(tmp)
@@ -146,25 +177,18 @@ def main() -> int:
                     jobs.append(({"command": name, "code": label, "repeat": repeat, "args": shown,
                                   "concurrent": args.concurrent}, (source, command, out, pruned)))
         batches = [jobs] if args.concurrent else [[job] for job in jobs]
+        setup = {"model": MODEL, "baseline": args.baseline, "repeats": args.repeats, "concurrent": args.concurrent,
+                 "eval": "8 windows x 256 tokens of embedded@test, 2 models"}
         for batch in batches:
-            for (row, _), result in zip(batch, finish([start(*how) for _, how in batch])):
-                rows.append({**row, **result})
-                print(f"{row['command']} ({row['code']}): {result['seconds']:.1f} s wall, {result['cpu_seconds']:.1f} s "
-                      f"CPU, load {result['load_before']:.2f} -> {result['load_after']:.2f}", flush=True)
-    table_rows = []
-    for name in dict.fromkeys(row["command"] for row in rows):
-        mine = [r for r in rows if r["command"] == name]
-        current = [r["seconds"] for r in mine if r["code"] == "current"]
-        row = {"command": name, "current_s": min(current),
-               "current_cpu_s": min(r["cpu_seconds"] for r in mine if r["code"] == "current"),
-               "load": max(max(r["load_before"], r["load_after"]) for r in mine),
-               "idle": all(r["idle"] for r in mine)}
-        base = [r["seconds"] for r in mine if r["code"] != "current"]
-        if base:
-            row.update(baseline_s=min(base), ratio=min(current) / min(base),
-                       baseline_cpu_s=min(r["cpu_seconds"] for r in mine if r["code"] != "current"))
-            row["cpu_ratio"] = row["current_cpu_s"] / row["baseline_cpu_s"]
-        table_rows.append(row)
+            for index, result in finish([start(*how) for _, how in batch], args.timeout):
+                row = {**batch[index][0], **result}
+                rows.append(row)
+                if "failed" not in result:
+                    print(f"{row['command']} ({row['code']}): {result['seconds']:.1f} s wall, "
+                          f"{result['cpu_seconds']:.1f} s CPU, load {result['load_before']:.2f} -> "
+                          f"{result['load_after']:.2f}", flush=True)
+                common.write_results("tool_speed", setup, rows + [{"summary": summary(rows)}])  # kept if stopped
+    table_rows = summary(rows)
     print()
     print(common.markdown_table(table_rows, [("command", "command"), ("baseline_s", f"baseline {args.baseline} (s)"),
                                              ("current_s", "current (s)"), ("ratio", "current / baseline"),
@@ -175,11 +199,9 @@ def main() -> int:
     for name in dict.fromkeys(row["command"] for row in rows):
         print(f"\n`{name}`: {next(r['args'] for r in rows if r['command'] == name and r['code'] == 'current')}")
         for row in (r for r in rows if r["command"] == name):
-            print(f"  {row['code']}: " + ", ".join(f"{k} {v}" for k, v in row["results"].items()))
-    path = common.write_results("tool_speed", {"model": MODEL, "baseline": args.baseline, "repeats": args.repeats,
-                                               "concurrent": args.concurrent,
-                                               "eval": "8 windows x 256 tokens of embedded@test, 2 models"},
-                                rows + [{"summary": table_rows}])
+            print(f"  {row['code']}: " + (f"failed ({row['failed'][:200]})" if "failed" in row else
+                                          ", ".join(f"{k} {v}" for k, v in row["results"].items())))
+    path = common.write_results("tool_speed", setup, rows + [{"summary": table_rows}])
     print(f"\nwrote {os.path.relpath(path)}")
     return 0
 
