@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import mmap
 import time
 
 import pytest
@@ -426,9 +427,11 @@ def test_peak_memory_sees_a_large_temporary():
     from pruning_hf.utils.memory import PeakMemory
 
     with PeakMemory("cpu", interval=0.001) as peak:
-        block = b"\x01" * (64 * 2**20)  # 64 MiB of fresh pages, written (torch may reuse memory it holds)
+        block = mmap.mmap(-1, 64 * 2**20)  # 64 MiB of fresh pages (a heap may reuse resident memory it holds)
+        for offset in range(0, len(block), 4096):
+            block[offset] = 1  # touched: now resident
         time.sleep(0.2)
-        del block
+        block.close()
     assert peak.extra_bytes is not None and peak.extra_bytes >= 32 * 2**20
 
 

@@ -148,3 +148,19 @@ def test_a_version_1_report_still_loads_with_its_parameter_counts():
     assert report.to_dict()["schema"] == "pruning_hf.evaluation/3"
     with pytest.raises(ValueError, match="not a pruning_hf evaluation report"):
         EvaluationReport.from_dict({"schema": "something/1"})
+
+
+def test_report_names_an_embedded_model_not_its_cache_folder():
+    """Reports (and the results JSON written from them) carry ``embedded:NAME``, never a machine path."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from pruning_hf.evaluation.session import _model_info
+    from pruning_hf.models.embedded import cache_root
+
+    embeddings = torch.nn.Embedding(4, 2)
+    model = SimpleNamespace(config=SimpleNamespace(name_or_path=str(cache_root() / "embedded" / "smollm2-135m"),
+                                                   model_type="llama"),
+                            dtype=torch.float32, get_input_embeddings=lambda: embeddings)
+    assert _model_info(model)["name_or_path"] == "embedded:smollm2-135m"

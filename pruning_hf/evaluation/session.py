@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterator, Mapping
 from ..data.text import DataSourceError, load_texts, tokenize_texts
 from ..models.architectures import context_length
 from ..models.devices import execution_device
+from ..models.embedded import public_model_name
 from ..utils.memory import available_bytes
 from .efficiency import SpeedProbe, parameter_counts
 from .energy import EnergyTracker, PhaseEnergy
@@ -84,7 +85,8 @@ def _versions() -> dict[str, str]:
 
 
 def _model_info(model) -> dict[str, Any]:
-    return {"name_or_path": getattr(model.config, "name_or_path", None) or getattr(model, "name_or_path", None),
+    name = getattr(model.config, "name_or_path", None) or getattr(model, "name_or_path", None)
+    return {"name_or_path": public_model_name(name) if name else name,  # embedded:NAME, not a cache path
             "model_type": getattr(model.config, "model_type", None), "dtype": str(getattr(model, "dtype", "")),
             "device": str(execution_device(model.get_input_embeddings()))}
 
