@@ -15,10 +15,12 @@ import os
 import random
 import shutil
 import signal
+import threading
 import time
 
 import pytest
 import torch
+from tqdm import tqdm  # the base class: its lock is the one every progress bar class shares
 from conftest import tiny_model
 
 from pruning_hf import PruningConfig, prune
@@ -33,6 +35,9 @@ def _run_until_killed(work, delay: float) -> None:
     if pid == 0:  # child: never return into pytest
         code = 0
         try:
+            # a progress bar's write lock is a semaphore shared with the parent across fork: a child killed
+            # while holding it would leave the parent's next bar waiting forever, so the child takes its own
+            tqdm.set_lock(threading.RLock())
             work()
         except BaseException:
             code = 1
