@@ -1,6 +1,6 @@
 """How fast pruning_hf prunes, and what the sub-block schedule does for quality: layer vs sublayer schedule.
 
-    python benchmarks/prune_speed.py [--quick] [--models smollm2-135m,gemma-3-270m] [--rounds N]
+    python benchmarks/prune_speed.py [--quick] [--models smollm2-135m,gemma3-270m] [--rounds N]
 
 For each embedded model, in one run on the same calibration windows:
 
@@ -10,8 +10,11 @@ For each embedded model, in one run on the same calibration windows:
   (``layer``: every decoder layer twice per batch; ``sublayer``: attention then MLP sub-block, every matmul
   once): the whole job of ``pruning-hf prune`` (load + prune + save, in-process) in seconds, its ratio to the
   dense forward pass, and the perplexity on held-apart tokens;
-* llm-compressor's ``oneshot`` (same windows, same sparsity) when ``llmcompressor`` is importable; the
-  benchmark installs nothing and says so otherwise.
+* llm-compressor's ``oneshot`` (same windows, same sparsity, its targets the decoder layers) when
+  ``llmcompressor`` is importable, with the sparsity it reached and its perplexity; the benchmark installs
+  nothing and says so otherwise. To include it, run the benchmark from an environment that has it
+  (llmcompressor 0.14 pins transformers <= 5.17: a separate venv with ``pip install torch==2.13.0
+  llmcompressor`` and this checkout ``pip install -e .``); the JSON records the versions that ran.
 
 Each row runs in a fresh process; ``--rounds`` repeats the timed rows in alternating order and reports the
 median with min / max. Calibration: random windows (seed 0) of WikiText-2 validation (``../shared/data``)
@@ -21,6 +24,7 @@ after the evaluation tokens, else the embedded corpus; evaluation: the first win
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import importlib.util
 import json
 import statistics
@@ -94,26 +98,35 @@ def prune_row(model_name: str, kwargs: dict, schedule: str, setup: dict) -> dict
 
 
 def oneshot_row(model_name: str, kwargs: dict, setup: dict) -> dict:
-    """llm-compressor's ``oneshot`` with the same windows and sparsity (only when it is importable)."""
+    """llm-compressor's ``oneshot`` with the same windows and sparsity (only when it is importable): load +
+    oneshot timed (no save), then the fraction of zeros in the decoder layers' Linears (a run that pruned
+    nothing must not pass as fast) and the held-apart perplexity, not timed."""
     from datasets import Dataset
     from llmcompressor import oneshot
-    from llmcompressor.modifiers.pruning import WandaPruningModifier
-    from llmcompressor.modifiers.obcq import SparseGPTModifier
+    from llmcompressor.modifiers.pruning import SparseGPTModifier, WandaPruningModifier
 
     import torch
 
+    from pruning_hf.evaluation import perplexity
     from pruning_hf.hf.loading import load_model
+    from pruning_hf.models.architectures import decoder_layers, get_architecture
 
     torch.set_num_threads(setup["threads"])
-    _, _, windows = _windows(model_name, setup)
+    _, eval_tokens, windows = _windows(model_name, setup)
     modifier = {"wanda": WandaPruningModifier, "sparsegpt": SparseGPTModifier}[kwargs["method"]]
     dataset = Dataset.from_dict({"input_ids": windows.tolist(), "attention_mask": [[1] * windows.shape[1]] * len(windows)})
     started = time.perf_counter()
     model = load_model(model_name)
-    oneshot(model=model, dataset=dataset, recipe=modifier(sparsity=kwargs["sparsity"], targets="Linear",
-                                                           ignore=["lm_head"]),
+    # llm-compressor's targets are the modules it prunes layer by layer (the decoder layers), not Linears
+    layers = rf"re:{get_architecture(model).layers_path.replace('.', '[.]')}[.]\d+$"
+    oneshot(model=model, dataset=dataset, recipe=modifier(sparsity=kwargs["sparsity"], targets=[layers]),
             num_calibration_samples=len(windows), max_seq_length=windows.shape[1])
-    return {"seconds": time.perf_counter() - started}
+    seconds = time.perf_counter() - started
+    linears = [m for layer in decoder_layers(model) for m in layer.modules() if isinstance(m, torch.nn.Linear)]
+    zeros = sum(int((m.weight == 0).sum()) for m in linears) / sum(m.weight.numel() for m in linears)
+    result = perplexity(model, eval_tokens, setup["seq_len"], setup["eval_windows"])
+    return {"seconds": seconds, "sparsity_reached": zeros, "perplexity": result["perplexity"],
+            "eval_tokens": result["tokens"]}
 
 
 def _spread(values: list[float]) -> dict:
@@ -126,9 +139,10 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="8 x 256 calibration and evaluation tokens")
-    parser.add_argument("--models", default="smollm2-135m,gemma-3-270m", help="embedded models, comma-separated")
+    parser.add_argument("--models", default="smollm2-135m,gemma3-270m", help="embedded models, comma-separated")
     parser.add_argument("--rounds", type=int, default=1, help="timed repetitions per row, in alternating order")
-    parser.add_argument("--methods", default=None, help="only the rows whose label starts with one of these")
+    parser.add_argument("--methods", default=None, help="only these configurations (labels, comma-separated: "
+                        + ", ".join(label for label, _ in METHODS) + ")")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per row (1: steadiest on shared cores)")
     args = parser.parse_args()
     setup = {"text": common.text_source(), "seq_len": 256 if args.quick else 512,
@@ -138,9 +152,13 @@ def main() -> None:
              "timed": "load + prune + save in a fresh process (what pruning-hf prune does), median of the rounds",
              "threads": args.threads}
     methods = [(label, kwargs) for label, kwargs in METHODS if kwargs["method"] in REGISTERED
-               and (args.methods is None or label.startswith(tuple(args.methods.split(","))))]
+               and (args.methods is None or label in args.methods.split(","))]
+    unknown = set(args.methods.split(",")) - {label for label, _ in METHODS} if args.methods else set()
+    if unknown:
+        parser.error(f"--methods: unknown {sorted(unknown)}; choose from {[label for label, _ in METHODS]}")
     peer = importlib.util.find_spec("llmcompressor") is not None
-    setup["llm_compressor"] = "importable: oneshot rows included" if peer else "not installed: no oneshot rows"
+    setup["llm_compressor"] = (f"{importlib.metadata.version('llmcompressor')} importable: oneshot rows included"
+                               if peer else "not installed: no oneshot rows")
     print(f"llm-compressor {setup['llm_compressor']}", file=sys.stderr)
     rows = []
     for name in args.models.split(","):
