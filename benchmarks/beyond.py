@@ -1,7 +1,7 @@
 """Beyond SparseGPT and Wanda: OWL layer allocation, mask refinement, ADMM and dense targets on two real models.
 
     python benchmarks/beyond.py [--quick] [--models embedded:smollm2-135m,...] [--settings 50%,2:4]
-        [--variants "SparseGPT,Wanda,SparseGPT +OWL +refine"] [--threads 1]
+        [--variants "SparseGPT,Wanda,SparseGPT +OWL +refine"] [--threads 1] [--timing ROUNDS]
 
 For each model: the dense perplexity, then at 50%, 60%, 70% unstructured and 2:4, SparseGPT,
 Wanda and ADMM (``method="admm"``) alone, with OWL allocation, with refinement, and with both (OWL
@@ -18,6 +18,9 @@ Prints a markdown table and writes ``benchmarks/results/beyond[-quick].json`` af
 rows already there for the same text, windows and threads are reused, so an interrupted run resumes
 and runs over different subsets (``--models``, ``--settings``, ``--variants``) add up to one table;
 ``--rerun`` measures the selected rows again (times to compare should come from one process).
+``--timing ROUNDS`` prunes only (no evaluation) the chosen rows in alternating rounds and reports the
+process's CPU time (one torch thread: it barely depends on other jobs), against SparseGPT +refine at
+the same setting (the issue's 1.5x limit), in ``benchmarks/results/beyond[-quick]-timing.json``.
 """
 
 from __future__ import annotations
@@ -95,14 +98,18 @@ def rows_to_run(setup: dict) -> list[tuple[str, str]]:
     return pairs
 
 
-def run_row(model, dense_state, windows, eval_tokens, setup, setting: str, variant: str) -> dict:
-    """Prune the dense weights with one configuration; measure perplexity, time and memory."""
+def config_for(setup, setting: str, variant: str) -> PruningConfig:
     pattern, sparsity = SETTINGS[setting]
     method, extra = VARIANTS[variant]
-    model.load_state_dict(dense_state)
     cal_n, cal_len = setup["calibration"]
-    config = PruningConfig(method=method, sparsity=sparsity, pattern=pattern, schedule=setup.get("schedule", "auto"),
-                           **extra, calibration={"source": setup["text"], "num_samples": cal_n, "seq_len": cal_len})
+    return PruningConfig(method=method, sparsity=sparsity, pattern=pattern, schedule=setup.get("schedule", "auto"),
+                         **extra, calibration={"source": setup["text"], "num_samples": cal_n, "seq_len": cal_len})
+
+
+def run_row(model, dense_state, windows, eval_tokens, setup, setting: str, variant: str) -> dict:
+    """Prune the dense weights with one configuration; measure perplexity, time and memory."""
+    model.load_state_dict(dense_state)
+    config = config_for(setup, setting, variant)
     started = time.perf_counter()
     report = prune_model(model, config, windows=windows, progress=False)
     seconds = time.perf_counter() - started
@@ -161,6 +168,42 @@ def summary(rows: list[dict]) -> list[str]:
     return lines
 
 
+TIMING_COLUMNS = [("model", "model"), ("setting", "setting"), ("variant", "configuration"),
+                  ("prune_cpu_seconds", "prune CPU s"), ("method_seconds", "method s"), ("prune_wall_seconds", "wall s"),
+                  ("vs_refine", "vs SparseGPT +refine")]
+
+
+def timing(name: str, setup: dict, rounds: int) -> int:
+    """Prune-only CPU time of the chosen rows in alternating rounds, against SparseGPT +refine per setting."""
+    rows = []
+    for model_name in setup["models"]:
+        tokenizer = load_tokenizer(model_name)
+        eval_n, eval_len = setup["evaluation"]
+        _, _, calib_tokens = common.split_tokens(tokenizer, eval_n * eval_len, setup["text"])
+        windows = sample_windows(calib_tokens, *setup["calibration"], seed=0)
+        dense = load_model(model_name, dtype=torch.float32)
+        pairs = rows_to_run(setup)
+        timed = common.timed_prunes(dense, windows, {f"{s} {v}": config_for(setup, s, v) for s, v in pairs}, rounds,
+                                    model_name)
+        rows += [{"model": model_name, "setting": s, "variant": v, **values}
+                 for (s, v), values in zip(pairs, timed.values())]
+        del dense
+    lines = []
+    for row in rows:
+        budget = next((r for r in rows if (r["model"], r["setting"], r["variant"]) ==
+                       (row["model"], row["setting"], "SparseGPT +refine")), None)
+        row["vs_refine"] = f"{row['prune_cpu_seconds'] / budget['prune_cpu_seconds']:.2f}x" if budget else ""
+        if budget and row is not budget and row["variant"] != "SparseGPT":
+            ratio = row["prune_cpu_seconds"] / budget["prune_cpu_seconds"]
+            lines.append(f"- {row['model']} {row['setting']} `{row['variant']}`: {ratio:.2f}x SparseGPT +refine's "
+                         f"CPU time (limit {TIME_LIMIT}x: {'met' if ratio <= TIME_LIMIT else 'NOT met'})")
+    common.finish(f"{name}-timing", setup, rows, TIMING_COLUMNS,
+                  f"prune only, calibration {setup['calibration'][0]} x {setup['calibration'][1]} tokens, fp32, "
+                  f"{setup['threads']} torch thread(s); CPU time of the process, median of {rounds} alternating "
+                  "round(s)", lines)
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     common.table_arguments(parser, "SmolLM2 only, 60%%, 3 rows, small windows")
@@ -168,6 +211,9 @@ def main() -> int:
                         "README table, measured before the sub-block schedule became the default)")
     parser.add_argument("--rerun", action="store_true",
                         help="measure the selected rows again (e.g. for times from one process), keeping the others")
+    parser.add_argument("--timing", type=int, default=0, metavar="ROUNDS", help=(
+        "instead of the quality table: prune-only CPU time of the chosen rows in ROUNDS alternating rounds, "
+        "against SparseGPT +refine at the same setting (writes beyond-timing.json)"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     name = "beyond-quick" if args.quick else "beyond"
@@ -178,6 +224,8 @@ def main() -> int:
     common.choose_subsets(parser, args, setup, {"settings": list(SETTINGS), "variants": list(VARIANTS)})
     if args.variants:  # only the configurations asked for (no global-allocation rows added)
         setup["global_at"] = []
+    if args.timing:
+        return timing(name, setup, args.timing)
     # rows measured on the same data and threads are reused, whichever subset of models / settings / variants
     # an earlier run covered; rows of other subsets stay in the file (each command adds to one table)
     done = common.previous_rows(name, setup, MEASUREMENT_KEYS, args.fresh)

@@ -6,10 +6,14 @@ rows plus the set-up (model, data, seq len, windows, calibration, versions) need
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import multiprocessing
 import platform
+import statistics
+import sys
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -81,6 +85,32 @@ def write_results(name: str, setup: dict[str, Any], rows: list[dict[str, Any]]) 
     path.write_text(json.dumps({"benchmark": name, "setup": setup, "environment": environment(), "rows": rows},
                                indent=2))
     return path
+
+
+def timed_prunes(dense: torch.nn.Module, windows: torch.Tensor, configs: dict[str, Any], rounds: int,
+                 name: str) -> dict[str, dict[str, float]]:
+    """Prune only (no evaluation) a copy of ``dense`` with each of ``configs`` (label -> PruningConfig) in
+    ``rounds`` rounds, the order reversed every other round. Per label the medians of this process's CPU time
+    (with one torch thread it barely depends on other jobs descheduling this one, unlike wall time), wall time
+    and time in the method's maths, and the decoder layers pruned."""
+    from pruning_hf.engine import prune_model
+
+    measured: dict[str, list[dict[str, float]]] = {label: [] for label in configs}
+    for round_index in range(rounds):
+        for label in (list(configs) if round_index % 2 == 0 else list(reversed(configs))):
+            model = copy.deepcopy(dense)
+            cpu, wall = time.process_time(), time.perf_counter()
+            report = prune_model(model, configs[label], windows=windows, progress=False)
+            measured[label].append({"cpu": time.process_time() - cpu, "wall": time.perf_counter() - wall,
+                                    "method": sum(r.method_seconds for r in report.layers),
+                                    "layers": len(report.layers)})
+            print(f"{name} timing {label}: {measured[label][-1]['cpu']:.0f} s CPU", file=sys.stderr, flush=True)
+            del model
+    return {label: {"prune_cpu_seconds": statistics.median(v["cpu"] for v in values),
+                    "prune_wall_seconds": statistics.median(v["wall"] for v in values),
+                    "method_seconds": statistics.median(v["method"] for v in values),
+                    "layers": values[0]["layers"], "rounds": rounds}
+            for label, values in measured.items()}
 
 
 def finish(name: str, setup: dict[str, Any], rows: list[dict[str, Any]], columns: list[tuple[str, str]],

@@ -8,7 +8,8 @@ For each model and setting (``mlp 30%``: FFN neurons; ``both 20%``: FFN neurons 
 ``depth 20%``: ``round(0.2 x layers)`` decoder layers), today's configuration (``activation`` scores, cut
 only; depth: per-layer block influence, cut only) against the reconstructing ones: FLAP's bias
 compensation, least-squares re-fit of the output projections (``update lstsq``), grouped OBS selection
-(``importance obs``, also with the error-based ``adaptive`` allocation), and for depth the contiguous
+(``importance obs``, also with the error-based ``adaptive`` allocation, and with SparseGPT's 1% dampening
+instead of the default 0.1%), and for depth the contiguous
 closest block with and without ReplaceMe's folded linear map, and the block whose map fits best
 (``fitted``). SparseGPT 50% (unstructured) on the same model is the prune-time reference.
 
@@ -62,6 +63,7 @@ WIDTH = {
     "obs / none": {"importance": "obs", "update": "none"},
     "obs / lstsq": {"importance": "obs", "update": "lstsq"},
     "obs / lstsq / adaptive": {"importance": "obs", "update": "lstsq", "allocation": "adaptive"},
+    "obs / lstsq / 1% dampening": {"importance": "obs", "update": "lstsq", "dampening": 0.01},
 }
 DEPTH = {
     "influence / none": {"selection": "influence", "update": "none"},
@@ -142,33 +144,18 @@ def run_row(dense, windows, eval_tokens, setup, setting: str, variant: str, spee
 
 
 def timing_rows(model_name: str, dense, windows, setup, defaults: dict[str, str], rounds: int) -> list[dict]:
-    """Prune only, in alternating rounds: SparseGPT 50% and the default configuration of each setting.
-
-    CPU time of this process (one torch thread: robust to other jobs descheduling it) and wall time, per
-    prune and per decoder layer (the engine's per-layer record: statistics, method, forward passes).
-    """
+    """Prune only, in alternating rounds: SparseGPT 50% and the default configuration of each setting; CPU
+    time per prune and per decoder layer (:func:`common.timed_prunes`)."""
     cal_n, cal_len = setup["calibration"]
     calibration = {"source": setup["text"], "num_samples": cal_n, "seq_len": cal_len}
     runs = [("reference", REFERENCE)] + [(s, defaults[SETTINGS[s][0]]) for s in setup["settings"]]
-    measured: dict[tuple[str, str], list[dict]] = {run: [] for run in runs}
-    for _ in range(rounds):
-        for setting, variant in runs:
-            model = copy.deepcopy(dense)
-            config = config_for(setting, variant, len(decoder_layers(dense)), calibration)
-            cpu, wall = time.process_time(), time.perf_counter()
-            report = prune_model(model, config, windows=windows, progress=False)
-            cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
-            measured[(setting, variant)].append({"cpu": cpu, "wall": wall, "layers": len(report.layers),
-                                                 "method": sum(r.method_seconds for r in report.layers)})
-            print(f"{model_name} timing {setting} {variant}: {cpu:.0f} s CPU", file=sys.stderr, flush=True)
-            del model
+    configs = {f"{setting} {variant}": config_for(setting, variant, len(decoder_layers(dense)), calibration)
+               for setting, variant in runs}
+    timed = common.timed_prunes(dense, windows, configs, rounds, model_name)
     rows = []
-    for (setting, variant), values in measured.items():
-        cpu = statistics.median(v["cpu"] for v in values)
-        rows.append({"model": model_name, "setting": setting, "variant": variant, "prune_cpu_seconds": cpu,
-                     "prune_wall_seconds": statistics.median(v["wall"] for v in values),
-                     "cpu_seconds_per_layer": cpu / values[0]["layers"],
-                     "method_seconds": statistics.median(v["method"] for v in values), "rounds": rounds})
+    for (setting, variant), values in zip(runs, timed.values()):
+        rows.append({"model": model_name, "setting": setting, "variant": variant, **values,
+                     "cpu_seconds_per_layer": values["prune_cpu_seconds"] / values["layers"]})
     reference = rows[0]["prune_cpu_seconds"]
     for row in rows:
         row["vs_sparsegpt"] = f"{row['prune_cpu_seconds'] / reference:.2f}x"
@@ -218,7 +205,7 @@ def summary(rows: list[dict], defaults: dict[str, str]) -> list[str]:
                              f"{reference['prune_seconds']:.0f} s "
                              f"({'met' if default['prune_seconds'] <= reference['prune_seconds'] else 'NOT met'})")
             lines.append(f"- {model} {setting}: default `{defaults[kind]}` +{inc_default:.1%} vs today's "
-                         f"`{TODAY[kind]}` +{inc_today:.1%}: ratio {ratio:.2f} (target <= 0.5: "
+                         f"`{TODAY[kind]}` +{inc_today:.1%}: ratio {ratio:.3f} (target <= 0.5: "
                          f"{'met' if ratio <= 0.5 else 'NOT met'}){time_note}")
     return lines
 
