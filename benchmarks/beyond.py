@@ -168,6 +168,15 @@ def summary(rows: list[dict]) -> list[str]:
     return lines
 
 
+def model_and_windows(model_name: str, setup: dict):
+    """``(evaluation tokens, calibration windows, fp32 model)``: the data every row of a model shares."""
+    tokenizer = load_tokenizer(model_name)
+    eval_n, eval_len = setup["evaluation"]
+    _, eval_tokens, calib_tokens = common.split_tokens(tokenizer, eval_n * eval_len, setup["text"])
+    windows = sample_windows(calib_tokens, *setup["calibration"], seed=0)
+    return eval_tokens, windows, load_model(model_name, dtype=torch.float32)
+
+
 TIMING_COLUMNS = [("model", "model"), ("setting", "setting"), ("variant", "configuration"),
                   ("prune_cpu_seconds", "prune CPU s"), ("method_seconds", "method s"), ("prune_wall_seconds", "wall s"),
                   ("vs_refine", "vs SparseGPT +refine")]
@@ -177,11 +186,7 @@ def timing(name: str, setup: dict, rounds: int) -> int:
     """Prune-only CPU time of the chosen rows in alternating rounds, against SparseGPT +refine per setting."""
     rows = []
     for model_name in setup["models"]:
-        tokenizer = load_tokenizer(model_name)
-        eval_n, eval_len = setup["evaluation"]
-        _, _, calib_tokens = common.split_tokens(tokenizer, eval_n * eval_len, setup["text"])
-        windows = sample_windows(calib_tokens, *setup["calibration"], seed=0)
-        dense = load_model(model_name, dtype=torch.float32)
+        _, windows, dense = model_and_windows(model_name, setup)
         pairs = rows_to_run(setup)
         timed = common.timed_prunes(dense, windows, {f"{s} {v}": config_for(setup, s, v) for s, v in pairs}, rounds,
                                     model_name)
@@ -230,12 +235,9 @@ def main() -> int:
     # an earlier run covered; rows of other subsets stay in the file (each command adds to one table)
     done = common.previous_rows(name, setup, MEASUREMENT_KEYS, args.fresh)
     rows = []
+    eval_n, eval_len = setup["evaluation"]
     for model_name in setup["models"]:
-        tokenizer = load_tokenizer(model_name)
-        eval_n, eval_len = setup["evaluation"]
-        _, eval_tokens, calib_tokens = common.split_tokens(tokenizer, eval_n * eval_len, setup["text"])
-        windows = sample_windows(calib_tokens, *setup["calibration"], seed=0)
-        model = load_model(model_name, dtype=torch.float32)
+        eval_tokens, windows, model = model_and_windows(model_name, setup)
         dense_state = {k: v.clone() for k, v in model.state_dict().items()}
         for setting, variant in [("dense", "dense")] + rows_to_run(setup):
             row = None if args.rerun else done.get((model_name, setting, variant))
