@@ -8,8 +8,8 @@ For each model and setting (``mlp 30%``: FFN neurons; ``both 20%``: FFN neurons 
 ``depth 20%``: ``round(0.2 x layers)`` decoder layers), today's configuration (``activation`` scores, cut
 only; depth: per-layer block influence, cut only) against the reconstructing ones: FLAP's bias
 compensation, least-squares re-fit of the output projections (``update lstsq``), grouped OBS selection
-(``importance obs``, also with the error-based ``adaptive`` allocation, and with SparseGPT's 1% dampening
-instead of the default 0.1%), and for depth the contiguous
+(``importance obs``, also with the depth-increasing and the error-based ``adaptive`` allocations, and with
+SparseGPT's 1% dampening instead of the default 0.1%), and for depth the contiguous
 closest block with and without ReplaceMe's folded linear map, and the block whose map fits best
 (``fitted``). SparseGPT 50% (unstructured) on the same model is the prune-time reference.
 
@@ -62,6 +62,7 @@ WIDTH = {
     "activation / lstsq": {"importance": "activation", "update": "lstsq"},
     "obs / none": {"importance": "obs", "update": "none"},
     "obs / lstsq": {"importance": "obs", "update": "lstsq"},
+    "obs / lstsq / increasing": {"importance": "obs", "update": "lstsq", "allocation": "increasing"},
     "obs / lstsq / adaptive": {"importance": "obs", "update": "lstsq", "allocation": "adaptive"},
     "obs / lstsq / 1% dampening": {"importance": "obs", "update": "lstsq", "dampening": 0.01},
 }
@@ -207,6 +208,11 @@ def summary(rows: list[dict], defaults: dict[str, str]) -> list[str]:
             lines.append(f"- {model} {setting}: default `{defaults[kind]}` +{inc_default:.1%} vs today's "
                          f"`{TODAY[kind]}` +{inc_today:.1%}: ratio {ratio:.3f} (target <= 0.5: "
                          f"{'met' if ratio <= 0.5 else 'NOT met'}){time_note}")
+            others = [f"`{variant}` {(row['perplexity'] / dense['perplexity'] - 1) / inc_today:.3f}"
+                      for (m, st, variant), row in by_key.items()
+                      if m == model and st == setting and variant not in (TODAY[kind], defaults[kind])]
+            if others:
+                lines.append(f"  - other configurations' ratios: {', '.join(others)}")
     return lines
 
 
@@ -252,8 +258,12 @@ def main() -> int:
     rows = []
 
     def merged() -> list[dict]:
+        """This run's rows, the earlier ones of its models, and other models' rows as they are on disk now (so
+        runs of different models can go side by side)."""
         keys = {(r["model"], r["setting"], r["variant"]) for r in rows}
-        combined = rows + [r for key, r in done.items() if key not in keys]
+        others = {key: r for key, r in common.previous_rows(name, setup, MEASUREMENT_KEYS, False).items()
+                  if key[0] not in setup["models"]}
+        combined = rows + [r for key, r in {**done, **others}.items() if key not in keys]
         settings = ["dense", *SETTINGS, "reference"]
         variants = ["dense", *WIDTH, *DEPTH, REFERENCE]
         models = list(dict.fromkeys(r["model"] for r in combined))

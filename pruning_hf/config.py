@@ -96,9 +96,10 @@ class PruningConfig:
         "How the sparsity is spread over decoder layers. magnitude / wanda / sparsegpt: 'uniform', 'owl' "
         "(outlier-weighted, Yin et al. 2024: layers with more outliers of the Wanda score |W|*||X|| on the "
         "dense model are pruned less) or 'global' (one threshold of that score across all layers); the "
-        "size-weighted mean stays `sparsity`; needs calibration data; not with N:M. structured: 'uniform' or "
+        "size-weighted mean stays `sparsity`; needs calibration data; not with N:M. structured: 'uniform' (a "
+        "stock config: every layer the same width), 'increasing' (fractions growing with depth, SlimGPT) or "
         "'adaptive' (global ranking of standardised unit scores; with importance='obs', of each layer's "
-        "reconstruction error).")})
+        "reconstruction error); the last two give per-layer widths, which need pruning_hf to reload.")})
     owl_m: float = field(default=OWL_M, metadata={"help": (
         "OWL's M: a weight is an outlier when its Wanda score exceeds M x its layer's mean score (paper: 5).")})
     owl_lambda: float = field(default=OWL_LAMBDA, metadata={"help": (

@@ -19,7 +19,6 @@ from transformers import AutoModelForCausalLM, Olmo2Config
 from pruning_hf import PruningConfig
 from pruning_hf.data.text import calibration_windows
 from pruning_hf.engine import prune_model
-from pruning_hf.methods.base import PruningMethod
 from pruning_hf.methods.wanda import WandaPruner
 from pruning_hf.sparsity.statistics import InputStatistics
 
@@ -46,16 +45,25 @@ def _family_model(family: str):
     return AutoModelForCausalLM.from_config(config).eval()
 
 
-@pytest.mark.parametrize("family", [*STRUCTURED, "gpt2", "olmo2"])
-def test_sublayer_outputs_are_the_pruned_models_forward(family, windows, monkeypatch, one_thread):
-    """Each layer's outputs kept by the sub-block schedule equal a plain forward of the pruned model."""
+STRUCTURED_BOTH = {"method": "structured", "target": "both", "sparsity": 0.5}
+
+
+@pytest.mark.parametrize("family,method", [*((f, {"method": "wanda", "sparsity": 0.5}) for f in
+                                             [*STRUCTURED, "gpt2", "olmo2"]),
+                                           *((f, STRUCTURED_BOTH) for f in STRUCTURED)])
+def test_sublayer_outputs_are_the_pruned_models_forward(family, method, windows, monkeypatch, one_thread):
+    """Each layer's outputs kept by the sub-block schedule equal a plain forward of the pruned model (for
+    structured pruning: of the model as finally shrunk, so units set to zero in the loop behave as cut)."""
     kept: dict[int, torch.Tensor] = {}
-    monkeypatch.setattr(PruningMethod, "observe_layer",
+    config = _config(windows, schedule="sublayer", **method)
+    monkeypatch.setattr(config.method_class, "observe_layer",
                         lambda self, index, inputs, outputs: kept.__setitem__(index, torch.cat(list(outputs))))
     model = _family_model(family)
-    report = prune_model(model, _config(windows, method="wanda", sparsity=0.5, schedule="sublayer"),
-                         windows=windows, progress=False)
+    before = sum(p.numel() for p in model.parameters())
+    report = prune_model(model, config, windows=windows, progress=False)
     assert report.schedule == "sublayer"
+    if method["method"] == "structured":
+        assert report.parameters_after < before
     with torch.no_grad():
         hidden = model(windows, output_hidden_states=True).hidden_states
     assert len(kept) == model.config.num_hidden_layers
@@ -109,22 +117,44 @@ def test_output_linear_statistics_come_from_the_pruned_inputs(windows, one_threa
 
 
 def test_auto_schedule_and_its_fallbacks(windows, one_thread):
-    """auto: sub-blocks for weight pruners with statistics, the whole layer for magnitude (nothing to collect)
-    and for structured pruning (it needs the whole layer)."""
+    """auto: sub-blocks for weight pruners with statistics and for structured pruning (each sub-block's units
+    come from its output projection's inputs), the whole layer for magnitude and depth (nothing to collect)."""
     ran = {}
     for method in ({"method": "wanda"}, {"method": "sparsegpt"}, {"method": "magnitude"},
-                   {"method": "structured", "target": "mlp", "sparsity": 0.25}):
-        report = prune_model(tiny_model("llama", layers=2), _config(windows, **{"sparsity": 0.5, **method}),
-                             windows=windows, progress=False)
+                   {"method": "structured", "target": "mlp", "sparsity": 0.25}, {"method": "depth", "num_layers": 1}):
+        values = method if method["method"] == "depth" else {"sparsity": 0.5, **method}
+        report = prune_model(tiny_model("llama", layers=2), _config(windows, **values), windows=windows,
+                             progress=False)
         ran[method["method"]] = report.schedule
-    assert ran == {"wanda": "sublayer", "sparsegpt": "sublayer", "magnitude": "layer", "structured": "layer"}
+    assert ran == {"wanda": "sublayer", "sparsegpt": "sublayer", "magnitude": "layer", "structured": "sublayer",
+                   "depth": "layer"}
+
+
+@pytest.mark.parametrize("family", ["llama", "opt", "gemma3"])
+def test_structured_mlp_is_the_same_in_both_schedules(family, windows, one_thread):
+    """With only MLP neurons removed, each MLP sees the same inputs in either schedule (attention is not
+    pruned), so the shrunk model is the same; the sub-block schedule just runs every matmul once."""
+    dense = _family_model(family)
+    models = {}
+    for schedule in ("sublayer", "layer"):
+        models[schedule] = copy.deepcopy(dense)
+        config = _config(windows, method="structured", target="mlp", sparsity=0.5, schedule=schedule)
+        assert prune_model(models[schedule], config, windows=windows, progress=False).schedule == schedule
+    sublayer, whole = (m.state_dict() for m in models.values())
+    assert sublayer.keys() == whole.keys()
+    for name in sublayer:
+        assert sublayer[name].shape == whole[name].shape, name
+        torch.testing.assert_close(sublayer[name], whole[name], rtol=1e-4, atol=1e-5)
+    assert sublayer["model.layers.0.mlp.down_proj.weight" if family != "opt" else
+                    "model.decoder.layers.0.fc2.weight"].shape[1] < dense.state_dict()[
+        "model.layers.0.mlp.down_proj.weight" if family != "opt" else "model.decoder.layers.0.fc2.weight"].shape[1]
 
 
 def test_schedule_errors_name_the_value_and_the_choices():
     with pytest.raises(ValueError, match=r"schedule.*'sideways'.*auto.*sublayer.*layer"):
         PruningConfig(method="wanda", sparsity=0.5, schedule="sideways")
-    with pytest.raises(ValueError, match=r"schedule='sublayer'.*'structured'.*schedule='layer'"):
-        PruningConfig(method="structured", target="mlp", sparsity=0.2, schedule="sublayer")
+    with pytest.raises(ValueError, match=r"schedule='sublayer'.*'depth'.*schedule='layer'"):
+        PruningConfig(method="depth", num_layers=1, schedule="sublayer")
     with pytest.raises(ValueError, match=r"dense_targets=True.*'wanda'.*sparsegpt"):
         PruningConfig(method="wanda", sparsity=0.5, dense_targets=True)
     with pytest.raises(ValueError, match=r"dense_targets must be true or false, got 'yes'"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import math
 
 import pytest
 import torch
@@ -11,7 +12,9 @@ from conftest import byte_tokenizer, tiny_config, tiny_model
 
 from pruning_hf import PruningConfig, prune
 from pruning_hf.models.architectures import decoder_layers, get_architecture
+from pruning_hf.engine import select_targets
 from pruning_hf.methods.structured import adaptive_removals, head_units, units_to_keep
+from pruning_hf.sparsity.allocation import apportion, increasing_fractions
 from pruning_hf.models.shrink import attention_linears, check_kv_grouping, mlp_linears
 
 FAMILIES = ("opt", "llama", "gemma3")
@@ -205,6 +208,43 @@ def test_adaptive_allocation_gives_per_layer_widths():
     widths = [shape["intermediate_size"] for shape in report.details["layer_shapes"]]
     assert sum(64 - w for w in widths) == 128 and min(widths) >= 16 and len(set(widths)) > 1
     assert model.config.quantization_config.layer_shapes  # non-uniform: stored for the loader
+
+
+def test_increasing_fractions_grow_with_depth_around_the_target():
+    fractions = increasing_fractions(0.3, 30, 0.5)
+    assert sum(fractions) / 30 == pytest.approx(0.3)
+    assert all(a < b for a, b in zip(fractions, fractions[1:]))
+    assert fractions[0] == pytest.approx(0.3 * (1 - 0.5 * sum(math.log1p(i) for i in range(30)) / 30 / math.log(30)))
+    assert increasing_fractions(0.3, 4, 0.0) == [0.3] * 4 and increasing_fractions(0.4, 1, 0.5) == [0.4]
+    assert max(increasing_fractions(0.95, 8, 1.0)) <= 0.99  # clipped
+
+
+def test_apportion_shares_a_total_by_weight_within_caps():
+    assert apportion(30, [0.63, 1.0, 1.37], [2, 2, 2]) == [2, 2, 2]  # capped: the total cannot be reached
+    assert apportion(3, [0.63, 1.0, 1.37], [2, 2, 2]) == [1, 1, 1]
+    assert apportion(7, [2.0, 3.0, 5.0], [9, 9, 9]) == [1, 2, 4]  # floors of 1.4 / 2.1 / 3.5, then the largest remainder
+    assert sum(apportion(18, [0.2, 0.3, 0.5, 0.9], [5, 5, 5, 5])) == 18
+
+
+def test_increasing_allocation_removes_more_from_deeper_layers():
+    model, report = pruned("llama", structured(target="mlp", sparsity=0.5, importance="random",
+                                               allocation="increasing", spread=1.0), layers=4)
+    removed = [64 - shape["intermediate_size"] for shape in report.details["layer_shapes"]]
+    assert removed == apportion(128, [64 * f for f in increasing_fractions(0.5, 4, 1.0)], [63] * 4)
+    assert removed == sorted(removed) and removed[0] < removed[-1] and sum(removed) == 4 * 32  # as many as uniform
+    assert model.config.quantization_config.layer_shapes  # per-layer widths: stored for the loader
+    with pytest.raises(ValueError, match=r"spread.*1.5"):
+        structured(target="mlp", sparsity=0.5, allocation="increasing", spread=1.5)
+
+
+@pytest.mark.parametrize("target,names", [("mlp", {"mlp.down_proj"}), ("heads", {"self_attn.o_proj"}),
+                                          ("both", {"mlp.down_proj", "self_attn.o_proj"})])
+def test_the_engine_hands_structured_pruning_its_output_projections(target, names):
+    """Their inputs choose and re-fit the units; the input projections are cut with them after the loop."""
+    model = tiny_model("llama", layers=2)
+    per_layer, head = select_targets(model, structured(target=target, sparsity=0.5))
+    assert [set(layer) for layer in per_layer] == [{f"model.layers.{i}.{n}" for n in names} for i in range(2)]
+    assert not head
 
 
 def test_fluctuation_compensation_keeps_the_mean_mlp_output():

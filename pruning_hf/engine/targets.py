@@ -24,11 +24,16 @@ def select_targets(model: nn.Module, config) -> tuple[list[dict[str, nn.Module]]
     """Target Linears per decoder layer, plus ``lm_head`` when a ``targets`` pattern names it.
 
     Returns ``(per_layer, head)`` with qualified module names. Raises ValueError for patterns that
-    match nothing (typos cost seconds, not a silent no-op run).
+    match nothing (typos cost seconds, not a silent no-op run). A method that names its own Linears
+    (:meth:`~pruning_hf.methods.base.PruningMethod.layer_targets`) gets those.
     """
     spec = get_architecture(model)
     layers = decoder_layers(model, spec)
     per_layer = [linear_modules(layer, f"{spec.layers_path}.{i}.") for i, layer in enumerate(layers)]
+    own = config.method_class.layer_targets(config, model)
+    if own is not None:
+        per_layer = [{name: module for name, module in layer.items()
+                      if name[len(f"{spec.layers_path}.{i}."):] in own} for i, layer in enumerate(per_layer)]
     head_module = model.get_output_embeddings()
     head_name = next(name for name, module in model.named_modules() if module is head_module)
     candidates = [name for layer in per_layer for name in layer] + [head_name]

@@ -159,6 +159,13 @@ class PruningMethod:
         return cls.statistics is not None
 
     @classmethod
+    def layer_targets(cls, config, model: nn.Module) -> set[str] | None:
+        """Names (relative to a decoder layer) of the Linears of ``model`` the engine hands to
+        :meth:`prune_layer` and collects statistics for; None: every Linear, narrowed by ``targets`` /
+        ``ignore``. Raises ValueError when the method cannot prune this model's family."""
+        return None
+
+    @classmethod
     def applies(cls, field_name: str, config) -> bool:
         """Whether a PruningConfig field says something for this method with ``config``'s values (what a
         model card lists): unset fields do not, nor fields the method ignores at their defaults (``pattern``

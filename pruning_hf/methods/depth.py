@@ -40,7 +40,7 @@ from torch import nn
 
 from ..models.architectures import decoder_layers, get_architecture
 from ..models.devices import onloaded, write_parameter, write_weight
-from ..models.shrink import drop_layers, mlp_linears
+from ..models.shrink import drop_layers, mlp_linears, output_norm
 from ..sparsity.reconstruction import linear_replacement, normalised_target
 from ..utils.checks import check_choice, check_int, check_number
 from .base import LayerUpdate, PruningMethod
@@ -100,10 +100,6 @@ class _Candidate:
     transform: torch.Tensor | None = None  # (d, d) the fitted map T (update='linear')
     fit_error: float = float("nan")  # error left after the fit, relative to the stream's energy
     gain: torch.Tensor | None = None  # (d,) refitted post-norm gain, where the MLP output is normalised
-
-
-def _post_norm(layer: nn.Module) -> nn.Module | None:
-    return getattr(layer, "post_feedforward_layernorm", None)
 
 
 @torch.no_grad()
@@ -179,7 +175,7 @@ class DepthPruner(PruningMethod):
         if self.linear:
             layer = self.layers[layer_index]
             self._captured = {"source": [], "writes": []}
-            norm = _post_norm(layer)
+            norm = output_norm(layer, "mlp")
 
             def keep(key):
                 return lambda module, args, out: self._captured[key].append(out.detach().reshape(-1, out.shape[-1]))
@@ -248,7 +244,7 @@ class DepthPruner(PruningMethod):
     def _fit(self, candidate: _Candidate, outputs: list[torch.Tensor]) -> None:
         """The map ``T`` (and the post-norm gain) for a candidate block, and the error it leaves: ``sum_t ||new
         write - R||^2`` relative to the energy ``sum_t ||h_{s+k}||^2`` of the residual stream after the block."""
-        norm = _post_norm(self.layers[candidate.start - 1])
+        norm = output_norm(self.layers[candidate.start - 1], "mlp")
         gain = None if norm is None else _gain(norm, candidate.source[0])
         gram = cross = 0
         target_energy = stream_energy = 0.0
@@ -316,7 +312,7 @@ class DepthPruner(PruningMethod):
         """``m -> m T`` folded into the MLP output projection: ``W' = T^T W``, ``b' = b T`` (offload-aware);
         with a post-norm, its gain becomes ``gain``."""
         output = mlp_linears(layer, self.spec)[1]
-        norm = _post_norm(layer)
+        norm = output_norm(layer, "mlp")
         with onloaded([output] + ([norm] if norm is not None else [])):
             if gain is not None:
                 self._set_gain(norm, gain)

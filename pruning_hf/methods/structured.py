@@ -14,11 +14,7 @@ and, for activations, the calibration inputs ``X_c`` of that projection:
 
 * ``magnitude``: ``sqrt(sum_c ||W_out[:, c]||^2 + ||W_in[c, :]||^2)`` (weights only);
 * ``activation``: ``sqrt(sum_c ||W_out[:, c]||^2 ||X_c||^2)`` (Wanda's ``|W| ||X||``, per unit);
-* ``fluctuation``: ``sum_c ||W_out[:, c]||^2 Var(X_c)`` (FLAP); the removed units' mean contribution
-  ``W_out[:, removed] E[X_removed]`` is folded into the output projection's bias. OPT has that bias;
-  Llama-family configs with ``mlp_bias`` / ``attention_bias`` get it switched on (zero biases on the
-  other projections, still a stock config); families without such a switch (Gemma3's MLP, Mistral,
-  Qwen2) cannot store it, so it is skipped with a warning;
+* ``fluctuation``: ``sum_c ||W_out[:, c]||^2 Var(X_c)`` (FLAP, usually with ``update="bias"``);
 * ``random``: seeded by ``calibration.seed`` (the baseline every criterion must beat);
 * ``obs`` (ZipLM / SlimGPT): grouped OBS on the inverse Hessian of the output projection's inputs: units
   are removed in up to ``obs_steps`` steps, each step those whose removal costs least *after* the optimal
@@ -28,19 +24,27 @@ Update of what is kept (``update``), after the units are chosen (maths in :mod:`
 
 * ``none``: cut only;
 * ``bias`` (FLAP): the removed units' mean contribution ``W_out[:, removed] E[X_removed]`` is folded
-  into the output projection's bias (where a family can store one, see ``fluctuation``);
+  into the output projection's bias: OPT has one; Llama-family configs get ``mlp_bias`` / ``attention_bias``
+  switched on (still a stock config); where no switch exists (Gemma3's MLP, Mistral, Qwen2) it is skipped
+  with a warning;
 * ``lstsq``: the output projection is re-fitted on the kept columns by least squares on calibration
   inputs, ``W' = W Hd[:, K] Hd[K, K]^-1`` (``Hd = X^T X + λI``, SparseGPT's dampening), so the layer's
   output stays as close as possible to the unpruned one; works for every family (no bias needed), and
   where the output projection has a bias (OPT) the mean term is fitted too.
 
 Allocation. ``uniform``: every layer loses ``round(sparsity * units)``, layer by layer, each scored on
-the outputs of the already-pruned layers before it. ``adaptive``: scores of all layers (on the unpruned
-model) are standardised per layer and ranked globally, as FLAP does; with ``importance="obs"`` each layer's
-error-vs-removed curve (the error it adds to the residual stream after the OBS update, relative to the
-stream's energy) is measured instead and the cheapest removals over all layers are taken. Each layer keeps
-at least ``min_layer_keep`` of its units; the statistics (``X^T X`` for lstsq / obs) wait on the CPU until
-every layer is shrunk after the loop. ``sparsity``: the fraction of units removed of each targeted kind.
+the outputs of the already-pruned layers before it. ``increasing`` (SlimGPT): as many units, shared out in
+proportion to fractions growing with depth like ``ln(1 + i)`` (option ``spread``): early layers, whose errors
+every later layer carries, lose less. ``adaptive``: scores of all layers (on the unpruned model),
+standardised per layer, ranked globally (FLAP); with ``importance="obs"`` each layer's error-vs-removed
+curve (error added to the residual stream after the OBS update, relative to its energy), cheapest removals
+first, each layer keeping ``min_layer_keep`` of its units; the ``X^T X`` wait on the CPU until the loop ends.
+
+Schedule. The engine hands the method only the output projections (``o_proj`` / ``down_proj``, whose inputs
+choose and re-fit the units), so it runs the sub-block schedule: each sub-block once per calibration batch,
+the MLP's statistics on the output of the already-pruned attention. In the loop the removed units' output
+columns are set to zero, so the layer computes exactly what it will once cut; every layer is cut to its new
+shape after the loop.
 """
 
 from __future__ import annotations
@@ -55,12 +59,13 @@ from torch import nn
 from ..models.architectures import decoder_layers, get_architecture
 from ..models.devices import is_offloaded
 from ..models.shrink import (add_zero_bias, attention_geometry, attention_linears, bias_switch_works, block_indices,
-                             keep_attention_heads, keep_mlp_neurons, layer_shape, mlp_linears, removed_units)
+                             head_indices, head_units, keep_attention_heads, keep_mlp_neurons, layer_shape,
+                             mlp_linears, output_norm, removed_units, turn_on_biases)
 from ..sparsity.masks import num_to_prune
 from ..sparsity.reconstruction import (allocate_by_error, augment_with_ones, error_curve, obs_select_units,
                                        refit_output, relative_output_error)
 from ..sparsity.statistics import InputStatistics, StatisticsSpec
-from ..sparsity.units import adaptive_removals, column_energy, unit_importance, units_to_keep
+from ..sparsity.units import adaptive_removals, column_energy, layer_removals, unit_importance, units_to_keep
 from ..utils.checks import check_choice, check_int, check_number
 from .base import LayerUpdate, PruningMethod
 
@@ -95,6 +100,11 @@ class StructuredOptions:
     obs_steps: int = field(default=32, metadata={"help": (
         "importance='obs': units are removed in at most this many steps, the weight and inverse Hessian "
         "updated between steps (more steps: closer to one-at-a-time greedy OBS, slower).")})
+    spread: float = field(default=0.5, metadata={"help": (
+        "With allocation='increasing': how fast the fraction removed grows with depth: the units uniform would "
+        "remove are shared in proportion to sparsity x (1 + spread x (ln(1+i) - mean) / ln L) for layer i of L "
+        "(SlimGPT's incremental ratio; 0: uniform; 0.5: the first layer loses ~0.63x and the last ~1.13x the "
+        "mean on a 30-layer model).")})
     min_layer_keep: float = field(default=0.1, metadata={"help": (
         "With allocation='adaptive': every layer keeps at least this fraction of its neurons / head units "
         "(and one).")})
@@ -105,21 +115,8 @@ class StructuredOptions:
         check_choice("update", self.update, UPDATES)
         check_number("dampening", self.dampening, 0.0, 10.0, high_inclusive=True)
         check_int("obs_steps", self.obs_steps, 1)
+        check_number("spread", self.spread, 0.0, 1.0, high_inclusive=True)
         check_number("min_layer_keep", self.min_layer_keep, 0.0, 1.0, high_inclusive=True)
-
-
-def head_units(num_q: int, num_kv: int, head_dim: int) -> tuple[int, int]:
-    """``(units, columns per unit)`` of a layer's attention: KV groups, or query heads when one group."""
-    if num_kv > 1:
-        return num_kv, num_q // num_kv * head_dim
-    return num_q, head_dim
-
-
-def _head_indices(kept: torch.Tensor, num_q: int, num_kv: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Query and K/V heads to keep for kept units (see :func:`head_units`)."""
-    if num_kv > 1:
-        return block_indices(kept, num_q // num_kv), kept
-    return kept, torch.zeros(1, dtype=torch.long)
 
 
 @dataclass
@@ -138,12 +135,17 @@ class StructuredPruner(PruningMethod):
 
     name = "structured"
     Options = StructuredOptions
-    #: "uniform": same fraction removed from every layer; "adaptive": global ranking of standardised
+    #: "uniform": the same fraction removed from every layer (a stock config); "increasing": fractions growing
+    #: with depth around the target (:func:`~pruning_hf.sparsity.allocation.increasing_fractions`); "adaptive":
+    #: global ranking of standardised
     #: scores (with importance='obs': of reconstruction errors), widths differ per layer (each keeps at
     #: least ``min_layer_keep``)
-    allocations = ("uniform", "adaptive")
+    allocations = ("uniform", "increasing", "adaptive")
 
     changes_shapes = True
+    #: a sub-block's units are chosen and re-fitted from its output projection's inputs alone (the engine
+    #: hands it only o_proj / down_proj, see :meth:`layer_targets`), so the sub-block schedule runs it once
+    sub_blocks = True
 
     def __init__(self, config, progress: bool = False) -> None:
         super().__init__(config, progress)
@@ -157,6 +159,7 @@ class StructuredPruner(PruningMethod):
         self.switch_on: set[str] = set()  # kinds whose config bias switch must be turned on
         self.errors: dict[str, list[float | None]] = {kind: [] for kind in self.kinds}
         self.residual_energy: dict[int, float] = {}  # adaptive + obs: mean ||h||^2 per token at each layer's input
+        self.kept: dict[str, dict[int, torch.Tensor]] = {kind: {} for kind in self.kinds}  # units per layer, cut at finalize
 
     @classmethod
     def validate_config(cls, config) -> None:
@@ -179,6 +182,20 @@ class StructuredPruner(PruningMethod):
         return options.importance in ("activation", "fluctuation", "obs") or options.update in ("bias", "lstsq")
 
     @classmethod
+    def layer_targets(cls, config, model: nn.Module) -> set[str]:
+        """The output projections of the targeted kinds: their inputs choose and re-fit the units; the input
+        projections lose the same units when :meth:`finalize` cuts."""
+        kinds = ("mlp", "heads") if config.options.target == "both" else (config.options.target,)
+        spec, names = get_architecture(model), set()
+        for kind in kinds:
+            part, output = (spec.mlp, "output") if kind == "mlp" else (spec.attention, "o")
+            if part is None or spec.family in ("gpt2", "generic"):
+                raise ValueError(f"structured pruning of {kind!r} is not available for model_type="
+                                 f"{model.config.model_type!r}; supported families: OPT, Llama family, Gemma3")
+            names.add(".".join(p for p in (part.path, getattr(part, output)) if p))
+        return names
+
+    @classmethod
     def describe(cls, config) -> str:
         options = config.options
         return (f"structured {config.sparsity:.0%} {options.target} ({options.importance}, update {options.update}, "
@@ -186,12 +203,7 @@ class StructuredPruner(PruningMethod):
 
     # --- engine hooks -----------------------------------------------------------------------------
     def setup(self, model: nn.Module) -> None:
-        spec = get_architecture(model)
-        wanted = {"mlp": spec.mlp, "heads": spec.attention}
-        for kind in self.kinds:
-            if wanted[kind] is None or spec.family in ("gpt2", "generic"):
-                raise ValueError(f"structured pruning of {kind!r} is not available for model_type="
-                                 f"{model.config.model_type!r}; supported families: OPT, Llama family, Gemma3")
+        spec = get_architecture(model)  # the family was checked by layer_targets
         if any(is_offloaded(module) or param.device.type == "meta"
                for module in model.modules() for param in module.parameters(recurse=False)):
             raise ValueError("structured pruning replaces Linear layers and needs every weight in memory; load the "
@@ -200,8 +212,13 @@ class StructuredPruner(PruningMethod):
         self.layers = decoder_layers(model, spec)
         self.shapes_before = [layer_shape(layer, spec) for layer in self.layers]  # for the report's unit counts
         self.errors = {kind: [None] * len(self.layers) for kind in self.kinds}
+        self.removals = {kind: self._removals(kind) for kind in self.kinds}  # units each layer loses (not adaptive)
         if self.options.update == "bias":
             self._check_bias(self.layers[0])
+
+    def _removals(self, kind: str) -> list[int]:
+        spread = self.options.spread if self.config.allocation == "increasing" else None
+        return layer_removals([self._linears(i, kind)[2] for i in range(len(self.layers))], self.config.sparsity, spread)
 
     def _check_bias(self, layer: nn.Module) -> None:
         spec = self.spec
@@ -252,14 +269,6 @@ class StructuredPruner(PruningMethod):
     def _cap(self, units: int) -> int:
         return units - max(1, math.ceil(self.options.min_layer_keep * units))
 
-    def _post_norm(self, layer: nn.Module, kind: str) -> nn.Module | None:
-        """The norm between this kind's output projection and the residual stream (Gemma2/3's sandwich norms)."""
-        if kind == "mlp":
-            return getattr(layer, "post_feedforward_layernorm", None)
-        if hasattr(layer, "pre_feedforward_layernorm"):  # then post_attention_layernorm follows the attention
-            return getattr(layer, "post_attention_layernorm", None)
-        return None
-
     def _error_curve(self, layer_index: int, kind: str, plan: _LayerPlan) -> torch.Tensor:
         """``(cap + 1,)`` error the layer adds to the residual stream per token, after the OBS update, for
         0 .. cap units removed; divided by the residual stream's energy at finalize. Behind a post-norm
@@ -272,7 +281,7 @@ class StructuredPruner(PruningMethod):
         selection = obs_select_units(output.weight, xtx, block, cap, self.options.obs_steps, self.options.dampening)
         weight = output.weight.detach().float()
         energy = float(((weight @ xtx.to(weight.device)) * weight).sum())
-        norm = self._post_norm(self.layers[layer_index], kind)
+        norm = output_norm(self.layers[layer_index], kind)
         if norm is None:
             write_energy = energy / max(plan.stats.num_tokens, 1)
         else:
@@ -309,42 +318,46 @@ class StructuredPruner(PruningMethod):
         return fitted[:, :-1], fitted[:, -1]
 
     @torch.no_grad()
-    def _shrink(self, layer_index: int, kind: str, plan: _LayerPlan, remove: int) -> None:
+    def _fit(self, layer_index: int, kind: str, plan: _LayerPlan, remove: int) -> None:
+        """Choose the units to keep and rewrite the output projection in place, still full size: the kept
+        columns re-fitted (update), the removed ones zero, so the layer already computes what the shrunk layer
+        will (the input projections' removed rows only feed those zero columns). :meth:`finalize` cuts."""
         if remove == 0:
             return
-        layer = self.layers[layer_index]
         _, output, _, _ = self._linears(layer_index, kind)
         kept = self._kept_units(output, plan, remove)
         columns = block_indices(kept, plan.block).to(output.weight.device)
-        new_weight = new_bias = correction = None
-        if self.options.update == "lstsq":
-            new_weight, new_bias = self._refit(output, plan.stats, columns)
+        weight = output.weight.detach()
+        new_weight, new_bias = self._refit(output, plan.stats, columns) if self.options.update == "lstsq" else (
+            weight[:, columns], None)
+        if plan.stats is not None and plan.stats.xtx is not None:
+            self.errors[kind][layer_index] = relative_output_error(weight, new_weight, columns, plan.stats.xtx)
         if plan.mean is not None:  # update='bias': fold the removed columns' mean contribution into the bias
-            weight = output.weight.detach().float()
             removed = torch.ones(output.in_features, dtype=torch.bool, device=weight.device)
             removed[columns] = False
-            correction = weight[:, removed] @ plan.mean.to(weight.device)[removed]
-        if plan.stats is not None and plan.stats.xtx is not None:
-            after = new_weight if new_weight is not None else output.weight.detach()[:, columns]
-            self.errors[kind][layer_index] = relative_output_error(output.weight.detach(), after, columns,
-                                                                   plan.stats.xtx)
+            add_zero_bias(output)
+            output.bias += (weight.float()[:, removed] @ plan.mean.to(weight.device)[removed]).to(output.bias)
+        if new_bias is not None:
+            output.bias.copy_(new_bias.to(output.bias))
+        fitted = torch.zeros_like(weight)
+        fitted[:, columns] = new_weight.to(weight)
+        weight.copy_(fitted)
+        self.kept[kind][layer_index] = kept
+
+    def _cut(self, layer_index: int, kind: str, kept: torch.Tensor) -> None:
+        """Physically drop the units :meth:`_fit` removed (input rows, output columns, head counts)."""
+        layer = self.layers[layer_index]
         if kind == "mlp":
             keep_mlp_neurons(layer, self.spec, kept)
         else:
             num_q, num_kv, _ = attention_geometry(layer, self.spec)
-            keep_attention_heads(layer, self.spec, *_head_indices(kept, num_q, num_kv))
-        output = self._linears(layer_index, kind)[1]
-        if new_weight is not None:
-            output.weight.copy_(new_weight.to(output.weight))
-        if new_bias is not None:
-            output.bias.copy_(new_bias.to(output.bias))
-        if correction is not None:
-            add_zero_bias(output)
-            output.bias += correction.to(output.bias)
+            keep_attention_heads(layer, self.spec, *head_indices(kept, num_q, num_kv))
 
     def prune_layer(self, layer_index, targets, stats):
         adaptive = self.config.allocation == "adaptive"
-        for kind in self.kinds:
+        for kind in self.kinds:  # the sub-block schedule calls once per sub-block: its output projection only
+            if self._stats_name(layer_index, kind) not in targets:
+                continue
             plan = self._plan(layer_index, kind, stats)
             if adaptive:
                 if self.options.importance == "obs":
@@ -353,8 +366,7 @@ class StructuredPruner(PruningMethod):
                     plan.stats = plan.stats.to("cpu")
                 self.pending[kind].append(plan)
             else:
-                units = self._linears(layer_index, kind)[2]
-                self._shrink(layer_index, kind, plan, min(num_to_prune(units, self.config.sparsity), units - 1))
+                self._fit(layer_index, kind, plan, self.removals[kind][layer_index])
         return LayerUpdate()
 
     def _adaptive_removals(self, kind: str, plans: list[_LayerPlan]) -> list[int]:
@@ -373,26 +385,16 @@ class StructuredPruner(PruningMethod):
         for kind, plans in self.pending.items():
             if plans:
                 for index, (plan, remove) in enumerate(zip(plans, self._adaptive_removals(kind, plans))):
-                    self._shrink(index, kind, plan, remove)
+                    self._fit(index, kind, plan, remove)
                     plan.stats = None
+        for kind, kept in self.kept.items():
+            for index, units in kept.items():
+                self._cut(index, kind, units)
         for kind in self.switch_on:
-            self._turn_on_biases(kind)
+            turn_on_biases(self.layers, self.spec, self.model_config, kind)
         shapes = [layer_shape(layer, self.spec) for layer in self.layers]
         details = {"layer_shapes": shapes, "removed_units": removed_units(self.shapes_before, shapes, self.kinds)}
         if any(e is not None for errors in self.errors.values() for e in errors):
             details["relative_output_error"] = {kind: [None if e is None else round(e, 6) for e in errors]
                                                 for kind, errors in self.errors.items()}
         return details
-
-    def _turn_on_biases(self, kind: str) -> None:
-        """Give every projection of this kind a bias (zeros where none) and set the config flag that builds them."""
-        for layer in self.layers:
-            if kind == "mlp":
-                inputs, output = mlp_linears(layer, self.spec)
-                linears = [*inputs, output]
-            else:
-                linears = list(attention_linears(layer, self.spec))
-            for linear in linears:
-                add_zero_bias(linear)
-        switch = self.spec.mlp.bias_switch if kind == "mlp" else self.spec.attention.bias_switch
-        setattr(self.model_config, switch, True)

@@ -23,7 +23,8 @@ from .architectures import PER_LAYER_CONFIG_KEYS, ArchitectureSpec, decoder_laye
 __all__ = [
     "select_linear", "block_indices", "mlp_linears", "attention_linears", "attention_geometry", "keep_mlp_neurons",
     "keep_attention_heads", "check_kv_grouping", "layer_shape", "resize_layer", "add_zero_bias",
-    "bias_switch_works", "drop_layers",
+    "bias_switch_works", "turn_on_biases", "drop_layers", "head_units", "head_indices",
+    "output_norm",
 ]
 
 
@@ -68,6 +69,31 @@ def attention_geometry(layer: nn.Module, spec: ArchitectureSpec) -> tuple[int, i
 def block_indices(blocks: torch.Tensor, size: int) -> torch.Tensor:
     """Indices ``(len(blocks) * size,)`` of whole blocks of ``size`` consecutive rows or columns (heads)."""
     return (blocks.view(-1, 1) * size + torch.arange(size, device=blocks.device)).reshape(-1)
+
+
+def output_norm(layer: nn.Module, kind: str) -> nn.Module | None:
+    """The norm between the output projection of ``kind`` ("mlp" / "heads") and the residual stream (Gemma2/3 and
+    OLMo2's sandwich norms), or None."""
+    if kind == "mlp":
+        return getattr(layer, "post_feedforward_layernorm", None)
+    if hasattr(layer, "pre_feedforward_layernorm"):  # then post_attention_layernorm follows the attention
+        return getattr(layer, "post_attention_layernorm", None)
+    return None
+
+
+def head_units(num_q: int, num_kv: int, head_dim: int) -> tuple[int, int]:
+    """``(units, output-projection columns per unit)`` of a layer's attention: KV groups, or query heads when
+    there is one group (multi-query attention: removing it would remove attention)."""
+    if num_kv > 1:
+        return num_kv, num_q // num_kv * head_dim
+    return num_q, head_dim
+
+
+def head_indices(kept: torch.Tensor, num_q: int, num_kv: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Query and K/V heads to keep for kept units (see :func:`head_units`)."""
+    if num_kv > 1:
+        return block_indices(kept, num_q // num_kv), kept
+    return kept, torch.zeros(1, dtype=torch.long)
 
 
 def check_kv_grouping(q_heads: torch.Tensor, kv_heads: torch.Tensor, num_q: int, num_kv: int) -> None:
@@ -209,6 +235,17 @@ def bias_switch_works(layer: nn.Module, config, switch: str | None, linears: lis
     except Exception:  # a layer class with another constructor: do not guess
         return False
     return all(probe.get_submodule(name).bias is not None for name in linears)
+
+
+def turn_on_biases(layers: nn.ModuleList, spec: ArchitectureSpec, config, kind: str) -> None:
+    """Give every projection of ``kind`` ("mlp" / "heads") a bias (zeros where none) and set the config switch
+    that builds them (``mlp_bias`` / ``attention_bias``)."""
+    for layer in layers:
+        linears = [*mlp_linears(layer, spec)[0], mlp_linears(layer, spec)[1]] if kind == "mlp" else list(
+            attention_linears(layer, spec))
+        for linear in linears:
+            add_zero_bias(linear)
+    setattr(config, spec.mlp.bias_switch if kind == "mlp" else spec.attention.bias_switch, True)
 
 
 def drop_layers(model: nn.Module, spec: ArchitectureSpec, keep: list[int]) -> None:

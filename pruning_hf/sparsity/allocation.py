@@ -1,6 +1,7 @@
-"""How a target sparsity is spread over decoder layers: uniform, OWL, or one global threshold.
+"""How a target sparsity is spread over decoder layers: uniform, OWL, one global threshold, or increasing.
 
-Both non-uniform allocations read the Wanda score ``|W_ij| * ||X_j||_2`` of the **dense** model
+``increasing`` (:func:`increasing_fractions`, structured pruning) needs no data: fractions grow with depth.
+The two data-driven allocations read the Wanda score ``|W_ij| * ||X_j||_2`` of the **dense** model
 (the engine's dense pre-pass feeds each layer the dense outputs of the one before), summarised per
 decoder layer as it goes, so memory stays one layer's weights:
 
@@ -16,13 +17,14 @@ decoder layer as it goes, so memory stays one layer's weights:
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
 
 from .scores import wanda_scores
 
-__all__ = ["outlier_ratio", "score_histogram", "owl_sparsities", "global_sparsities", "layer_summary",
+__all__ = ["increasing_fractions", "apportion", "outlier_ratio", "score_histogram", "owl_sparsities", "global_sparsities", "layer_summary",
            "allocate", "MAX_LAYER_SPARSITY", "PREPASS_ALLOCATIONS"]
 
 #: allocations the engine computes with a dense pre-pass (methods list what they accept in ``allocations``)
@@ -31,6 +33,34 @@ PREPASS_ALLOCATIONS = ("owl", "global")
 #: OWL keeps every layer's sparsity at or below this, shrinking lambda if needed.
 MAX_LAYER_SPARSITY = 0.99
 _LOG2_LOW, _LOG2_HIGH, _BINS = -64.0, 64.0, 1 << 14
+
+
+def increasing_fractions(target: float, num_layers: int, spread: float) -> list[float]:
+    """Per-layer fractions that grow with depth like ``ln(1 + i)`` (SlimGPT's incremental pruning ratio: errors
+    of early layers travel through every later one, so early layers lose less). Layer ``i`` of ``L`` gets
+    ``target * (1 + spread * (ln(1 + i) - mean_j ln(1 + j)) / ln L)``, so the mean over layers is ``target``;
+    ``spread=0`` is uniform; each fraction is clipped to ``[0, MAX_LAYER_SPARSITY]``."""
+    if num_layers <= 1:
+        return [target] * num_layers
+    logs = [math.log1p(i) for i in range(num_layers)]
+    mean = sum(logs) / num_layers
+    return [min(max(target * (1.0 + spread * (x - mean) / math.log(num_layers)), 0.0), MAX_LAYER_SPARSITY)
+            for x in logs]
+
+
+def apportion(total: int, weights: Sequence[float], caps: Sequence[int]) -> list[int]:
+    """``total`` whole units shared over layers in proportion to ``weights``, each at most its cap: floors of
+    the exact shares first, then one more to the largest remainders (Hamilton's method)."""
+    total = min(total, sum(caps))
+    weight_sum = sum(weights) or 1.0
+    exact = [total * w / weight_sum for w in weights]
+    counts = [min(math.floor(e), cap) for e, cap in zip(exact, caps)]
+    order = sorted(range(len(exact)), key=lambda i: exact[i] - counts[i], reverse=True)
+    while sum(counts) < total:
+        for i in order:
+            if sum(counts) < total and counts[i] < caps[i]:
+                counts[i] += 1
+    return counts
 
 
 def outlier_ratio(scores: Sequence[torch.Tensor], m: float) -> float:

@@ -13,10 +13,11 @@ import math
 
 import torch
 
+from .allocation import apportion, increasing_fractions
 from .masks import num_to_prune
 from .statistics import InputStatistics
 
-__all__ = ["column_energy", "unit_importance", "units_to_keep", "adaptive_removals"]
+__all__ = ["column_energy", "unit_importance", "units_to_keep", "adaptive_removals", "layer_removals"]
 
 logger = logging.getLogger(__name__)
 
@@ -74,3 +75,13 @@ def adaptive_removals(scores: list[torch.Tensor], fraction: float, min_keep: flo
     eligible = (rank_in_layer < caps[layer_of]).nonzero().squeeze(1)
     chosen = eligible[standard[eligible].argsort()[:budget]]
     return torch.bincount(layer_of[chosen], minlength=len(scores)).tolist()
+
+
+def layer_removals(units: list[int], sparsity: float, spread: float | None = None) -> list[int]:
+    """Units each layer loses, every layer keeping one: ``round(sparsity * units)`` (uniform; ``spread`` None),
+    or the same total shared in proportion to :func:`~.allocation.increasing_fractions` (so both remove as many)."""
+    uniform = [min(num_to_prune(count, sparsity), count - 1) for count in units]
+    if spread is None:
+        return uniform
+    fractions = increasing_fractions(sparsity, len(units), spread)
+    return apportion(sum(uniform), [f * count for f, count in zip(fractions, units)], [count - 1 for count in units])
