@@ -458,7 +458,7 @@ def test_block_pattern_needs_a_sparsity():
 
 @pytest.mark.parametrize("kwargs,match", [
     ({"method": "structured", "sparsity": 0.3, "allocation": "owl"},
-     r"allocation='owl' is not available with method 'structured'; choose one of: uniform, adaptive"),
+     r"allocation='owl' is not available with method 'structured'; choose one of: uniform, increasing, adaptive"),
     ({"method": "wanda", "sparsity": 0.5, "allocation": "adaptive"},
      r"allocation='adaptive' is not available with method 'wanda'; choose one of: uniform, owl, global"),
     ({"method": "depth", "num_layers": 1, "refine": True}, r"method 'depth' removes whole units"),
