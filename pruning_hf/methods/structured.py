@@ -135,11 +135,10 @@ class StructuredPruner(PruningMethod):
 
     name = "structured"
     Options = StructuredOptions
-    #: "uniform": the same fraction removed from every layer (a stock config); "increasing": fractions growing
-    #: with depth around the target (:func:`~pruning_hf.sparsity.allocation.increasing_fractions`); "adaptive":
-    #: global ranking of standardised
-    #: scores (with importance='obs': of reconstruction errors), widths differ per layer (each keeps at
-    #: least ``min_layer_keep``)
+    #: "uniform": the same fraction removed from every layer (a stock config); "increasing": as many units,
+    #: shared by fractions growing with depth (:func:`~pruning_hf.sparsity.units.layer_removals`); "adaptive":
+    #: global ranking of standardised scores (with importance='obs': of reconstruction errors), each layer
+    #: keeping at least ``min_layer_keep``
     allocations = ("uniform", "increasing", "adaptive")
 
     changes_shapes = True

@@ -241,8 +241,8 @@ def turn_on_biases(layers: nn.ModuleList, spec: ArchitectureSpec, config, kind: 
     """Give every projection of ``kind`` ("mlp" / "heads") a bias (zeros where none) and set the config switch
     that builds them (``mlp_bias`` / ``attention_bias``)."""
     for layer in layers:
-        linears = [*mlp_linears(layer, spec)[0], mlp_linears(layer, spec)[1]] if kind == "mlp" else list(
-            attention_linears(layer, spec))
+        inputs, output = mlp_linears(layer, spec) if kind == "mlp" else (attention_linears(layer, spec), None)
+        linears = [*inputs, output] if output is not None else list(inputs)
         for linear in linears:
             add_zero_bias(linear)
     setattr(config, spec.mlp.bias_switch if kind == "mlp" else spec.attention.bias_switch, True)
