@@ -113,6 +113,24 @@ def test_sparsegpt_reconstructs_output_better_than_wanda_and_magnitude(pattern):
     assert error(sparsegpt) < error(wanda) < error(magnitude)
 
 
+@pytest.mark.parametrize("features", [7, 256, 600, 1100])
+def test_blocked_gram_update_equals_x_transpose_x_over_batches_and_reads(features):
+    generator = torch.Generator().manual_seed(features)
+    batches = [torch.randn(3, 50, features, generator=generator, dtype=torch.float64).float() for _ in range(3)]
+    stats = InputStatistics(features, hessian=True, device=torch.device("cpu"))
+    stats.update(batches[0])
+    early = stats.xtx.clone()  # a read between batches must not spoil the later sums
+    for batch in batches[1:]:
+        stats.update(batch)
+    x = torch.cat([b.reshape(-1, features) for b in batches]).double()
+    expected = x.t() @ x
+    torch.testing.assert_close(early.double(), batches[0].reshape(-1, features).double().t()
+                               @ batches[0].reshape(-1, features).double(), rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(stats.xtx.double(), expected, rtol=1e-5, atol=1e-3)
+    assert torch.equal(stats.xtx, stats.xtx.t())  # exactly symmetric, as the Cholesky solvers expect
+    torch.testing.assert_close(stats.to("cpu").hessian.double(), expected / x.shape[0], rtol=1e-5, atol=1e-5)
+
+
 def test_sparsegpt_survives_rank_deficient_and_constant_inputs():
     x = torch.ones(100, 32)  # constant inputs: X^T X has rank 1
     x[:, 5] = 0  # a dead input column

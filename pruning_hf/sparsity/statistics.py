@@ -9,7 +9,24 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["InputStatistics", "StatisticsSpec"]
+__all__ = ["InputStatistics", "StatisticsSpec", "add_gram_upper"]
+
+#: columns per block of the blocked ``X^T X`` update (:func:`add_gram_upper`)
+GRAM_BLOCK = 256
+
+
+def add_gram_upper(gram: torch.Tensor, x: torch.Tensor, block: int = GRAM_BLOCK) -> None:
+    """``gram += X^T X`` on and above the diagonal blocks only, for ``x`` ``(tokens, n)``, ``gram`` ``(n, n)``.
+
+    The columns are cut into ``ceil(n / block)`` (at most 8) equal strips; strip ``i`` adds ``X_i^T X[:, i:]``,
+    so about ``(1 + 1/strips) / 2`` of the full product's flops (``0.58x`` at 6 strips); below the diagonal
+    blocks ``gram`` is left as it was. ``gram.triu()`` holds the upper triangle of ``X^T X`` after the update.
+    """
+    n = x.shape[1]
+    strips = min(8, max(1, -(-n // block)))
+    edges = [round(i * n / strips) for i in range(strips + 1)]
+    for start, stop in zip(edges, edges[1:]):
+        gram[start:stop, start:].addmm_(x[:, start:stop].t(), x[:, start:])
 
 
 @dataclass(frozen=True)
@@ -29,7 +46,8 @@ class InputStatistics:
         num_tokens: tokens seen.
         sums: ``(in,)`` sum per input column (for means and variances).
         sq_norms: ``(in,)`` sum of squares per input column, ``||X_j||_2^2``.
-        xtx: ``(in, in)`` ``X^T X`` when ``hessian=True`` (SparseGPT's Hessian up to a factor).
+        xtx: ``(in, in)`` ``X^T X`` when ``hessian=True`` (SparseGPT's Hessian up to a factor); accumulated
+            in its upper triangle (:func:`add_gram_upper`) and made symmetric when read.
         xtd: ``(in, in)`` ``X^T X_dense`` when ``cross=True``: ``X`` against the dense model's input
             ``X_dense`` of the same Linear on the same tokens.
     """
@@ -39,7 +57,8 @@ class InputStatistics:
         self.sums = torch.zeros(in_features, dtype=torch.float32, device=device)
         self.sq_norms = torch.zeros(in_features, dtype=torch.float32, device=device)
         square = (in_features, in_features)
-        self.xtx = torch.zeros(square, dtype=torch.float32, device=device) if hessian or cross else None
+        self._xtx = torch.zeros(square, dtype=torch.float32, device=device) if hessian or cross else None
+        self._symmetric = True  # whether the lower triangle of _xtx mirrors the upper one
         self.xtd = torch.zeros(square, dtype=torch.float32, device=device) if cross else None
 
     def update(self, inputs: torch.Tensor, dense: torch.Tensor | None = None) -> None:
@@ -48,8 +67,9 @@ class InputStatistics:
         self.num_tokens += x.shape[0]
         self.sums += x.sum(0)
         self.sq_norms += x.square().sum(0)
-        if self.xtx is not None:
-            self.xtx.addmm_(x.t(), x)
+        if self._xtx is not None:
+            add_gram_upper(self._xtx, x)
+            self._symmetric = False
         if self.xtd is not None:
             if dense is None:
                 raise ValueError("these statistics hold a cross term: pass the dense inputs too")
@@ -60,13 +80,23 @@ class InputStatistics:
         copy = InputStatistics.__new__(InputStatistics)
         copy.num_tokens = self.num_tokens
         copy.sums, copy.sq_norms = self.sums.to(device), self.sq_norms.to(device)
-        copy.xtx = self.xtx.to(device) if self.xtx is not None else None
+        copy._xtx = self.xtx.to(device) if self._xtx is not None else None
+        copy._symmetric = True
         return copy
+
+    @property
+    def xtx(self) -> torch.Tensor | None:
+        """``(in, in)`` ``X^T X`` (None without ``hessian`` or ``cross``)."""
+        if self._xtx is not None and not self._symmetric:
+            upper = self._xtx.triu()
+            self._xtx.copy_(upper.add_(self._xtx.triu(1).mT))
+            self._symmetric = True
+        return self._xtx
 
     @property
     def nbytes(self) -> int:
         """Memory held by these statistics."""
-        return self.sq_norms.nbytes + sum(m.nbytes for m in (self.xtx, self.xtd) if m is not None)
+        return self.sq_norms.nbytes + sum(m.nbytes for m in (self._xtx, self.xtd) if m is not None)
 
     @property
     def cross_hessian(self) -> torch.Tensor | None:
