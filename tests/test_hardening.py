@@ -155,3 +155,20 @@ def test_hub_token_is_never_logged_or_written(make_checkpoint, text_file, tmp_pa
     written = [path for path in tmp_path.rglob("*") if path.is_file() and FAKE_TOKEN.encode() in path.read_bytes()]
     assert written == []  # ... nor written
     assert (out / "README.md").is_file() and (tmp_path / "sweep" / "sweep.json").is_file()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_all_finite_finds_every_nan_inf_and_survives_a_sum_overflow(dtype):
+    from pruning_hf.engine.capture import all_finite
+
+    x = torch.randn(64, 32).to(dtype)
+    assert all_finite(x)
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        y = x.clone()
+        y[17, 5] = bad
+        assert not all_finite(y)
+    both = x.clone()
+    both[0, 0], both[1, 1] = float("inf"), -float("inf")  # they cancel to NaN in the sum, still caught
+    assert not all_finite(both)
+    huge = torch.full((4, 4), torch.finfo(torch.float32).max)  # finite items whose float32 sum overflows
+    assert all_finite(huge)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from pruning_hf.sparsity.masks import (check_nm, global_threshold, mask_from_scores, nm_mask, num_to_prune, parse_pattern,
-                              topk_mask)
+                              topk_mask, zero_pruned_)
 
 
 @pytest.fixture
@@ -78,3 +78,13 @@ def test_parse_pattern_values():
     assert parse_pattern("2:4").implied_sparsity == 0.5
     assert str(parse_pattern(" 4 : 8 ")) == "4:8"
     assert parse_pattern("Unstructured").implied_sparsity is None
+
+
+def test_zero_pruned_matches_masked_fill_and_leaves_no_negative_zeros(scores):
+    weight = torch.randn(16, 64, generator=torch.Generator().manual_seed(1))
+    keep = topk_mask(scores, 0.5, dim=-1)
+    expected = weight.clone().masked_fill_(~keep, 0.0)
+    result = zero_pruned_(weight, keep)
+    assert result is weight  # in place
+    assert torch.equal(result, expected)
+    assert not (torch.signbit(result) & (result == 0)).any()  # pruned negatives are +0.0, as masked_fill gives

@@ -30,7 +30,7 @@ from ..models.architectures import decoder_layers, get_architecture, weight_matr
 from ..models.devices import execution_device, onloaded, write_weight
 from ..sparsity.allocation import PREPASS_ALLOCATIONS
 from ..utils.memory import PeakMemory, gpu_high_water, rss_peak_bytes
-from .capture import capture_layer_inputs, check_activation_storage, head_statistics
+from .capture import all_finite, capture_layer_inputs, check_activation_storage, head_statistics
 from .prepass import allocation_prepass
 from .report import LayerRecord, NonFiniteError, PruningReport
 from .resume import LayerCheckpoints, check_resumable
@@ -151,9 +151,9 @@ def _prune_targets(method, index: int, targets: dict[str, nn.Module], stats: dic
         record.method_seconds += time.perf_counter() - start - update.refine_seconds
         record.refine_seconds += update.refine_seconds
         for name, weight in update.weights.items():
-            if not torch.isfinite(weight).all():
-                before = "already held NaN/Inf before pruning" if not torch.isfinite(
-                    weight_matrix(targets[name])).all() else "was finite before pruning"
+            if not all_finite(weight):
+                before = ("already held NaN/Inf before pruning" if not all_finite(weight_matrix(targets[name]))
+                          else "was finite before pruning")
                 raise NonFiniteError(f"layer {index}, {name}: pruning produced NaN/Inf weights (the weight {before})")
             write_weight(targets[name], weight)
             record.linears[name] = {"sparsity": int((weight == 0).sum()) / weight.numel(), "numel": weight.numel(),

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 from ..models.architectures import weight_matrix
-from ..sparsity.masks import expand_blocks, global_threshold, mask_from_scores, pattern_unit_scores, threshold_mask
+from ..sparsity.masks import (expand_blocks, global_threshold, mask_from_scores, pattern_unit_scores, threshold_mask,
+                               zero_pruned_)
 from .base import WeightPruner
 
 __all__ = ["MagnitudePruner"]
@@ -43,4 +44,4 @@ class MagnitudePruner(WeightPruner):
                 keep = expand_blocks(keep, self.pattern.rows, self.pattern.cols)
         else:
             keep = mask_from_scores(scores, sparsity, self.pattern, per_row=self.config.scope == "row")
-        return weight.masked_fill_(~keep, 0.0)
+        return zero_pruned_(weight, keep)

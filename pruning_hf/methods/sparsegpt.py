@@ -12,7 +12,7 @@ from typing import Sequence
 import torch
 
 from ..sparsity.hessian import fill_dead_inputs, inverse_hessian_factor
-from ..sparsity.masks import Pattern, mask_from_scores, nm_mask
+from ..sparsity.masks import Pattern, mask_from_scores, nm_mask, zero_pruned_
 from ..sparsity.statistics import StatisticsSpec
 from ..utils.checks import check_int, check_number
 from .base import WeightPruner
@@ -71,7 +71,7 @@ def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float
             error = column * (~keep[:, i]) / diag[i]  # (w - q) / d, q = column with pruned entries zeroed
             block[:, i:].addr_(error, block_hinv[i, i:], alpha=-1.0)
             errors[:, i] = error
-        weight[:, start:end] = block.masked_fill_(~keep, 0.0)
+        weight[:, start:end] = zero_pruned_(block, keep)
         weight[:, end:] -= errors @ hinv[start:end, end:]
     return weight
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..sparsity.masks import mask_from_scores
+from ..sparsity.masks import mask_from_scores, zero_pruned_
 from ..sparsity.scores import wanda_scores
 from ..sparsity.statistics import StatisticsSpec
 from .base import WeightPruner
@@ -22,4 +22,4 @@ class WandaPruner(WeightPruner):
     def prune_weight(self, name, weight, stats, sparsity) -> torch.Tensor:
         scores = wanda_scores(weight, stats.column_norms)
         keep = mask_from_scores(scores, sparsity, self.pattern, per_row=self.config.scope == "row")
-        return weight.masked_fill_(~keep, 0.0)
+        return zero_pruned_(weight, keep)

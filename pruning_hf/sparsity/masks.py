@@ -20,6 +20,7 @@ __all__ = [
     "parse_pattern",
     "num_to_prune",
     "topk_mask",
+    "zero_pruned_",
     "nm_mask",
     "block_scores",
     "expand_blocks",
@@ -141,6 +142,15 @@ def topk_mask(scores: torch.Tensor, sparsity: float, dim: int | None = None) -> 
     if k:
         keep.scatter_(dim, torch.topk(scores, k, dim=dim, largest=False, sorted=False).indices, False)
     return keep
+
+
+def zero_pruned_(weight: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """``weight`` with the entries where the bool ``keep`` (same shape) is False set to +0.0, in place.
+
+    A multiply by the mask, then ``+ 0.0`` so that pruned negative weights give +0.0, not -0.0 (what
+    ``masked_fill_(~keep, 0)`` gives, at about a quarter of its CPU time).
+    """
+    return weight.mul_(keep).add_(0.0)
 
 
 def nm_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:

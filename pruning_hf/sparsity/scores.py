@@ -9,4 +9,4 @@ __all__ = ["wanda_scores"]
 
 def wanda_scores(weight: torch.Tensor, column_norms: torch.Tensor) -> torch.Tensor:
     """``(out, in)`` importance ``|W| * ||X_j||`` from weight ``(out, in)`` and input norms ``(in,)``."""
-    return weight.abs() * column_norms.to(weight.device).unsqueeze(0)
+    return weight.abs().mul_(column_norms.to(weight.device).unsqueeze(0))
