@@ -3,7 +3,7 @@
     python benchmarks/tool_speed.py [--baseline REV] [--repeats 1] [--only eval,demo] [--concurrent]
 
 Timed commands (each in a fresh process, as a user runs them; the SmolLM2 cache and a Wanda 50% checkpoint
-are made first, untimed):
+are made first, untimed, each code version writing its own):
 
 * ``eval``: ``pruning-hf eval embedded:smollm2-135m WANDA50 --seq-len 256 --max-windows 8 --efficiency --energy``
   (the perplexity text is the embedded held-out split);
@@ -160,22 +160,25 @@ def main() -> int:
             archive = subprocess.run(["git", "-C", str(ROOT), "archive", args.baseline], check=True,
                                      capture_output=True).stdout
             subprocess.run(["tar", "-x", "-C", str(tmp / "baseline")], input=archive, check=True)
-        pruned = tmp / "wanda-50"
-        setup = [MODEL, "--method", "wanda", "--sparsity", "0.5", "--calibration", "embedded", "--num-samples", "8",
-                 "--seq-len", "256", "--output", str(pruned), "--no-energy", "--no-progress"]
-        subprocess.run([sys.executable, "-m", "pruning_hf.cli", "prune", *setup], check=True, capture_output=True,
-                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+        only = [n.strip() for n in args.only.split(",") if n.strip()]
+        # each code version evaluates a checkpoint it wrote itself (older code may not read newer config keys)
+        pruned = {label: tmp / f"wanda-50-{label.replace(' ', '_')}" for label in sources}
+        for label, source in sources.items() if "eval" in only else ():
+            setup = [MODEL, "--method", "wanda", "--sparsity", "0.5", "--calibration", "embedded", "--num-samples",
+                     "8", "--seq-len", "256", "--output", str(pruned[label]), "--no-energy", "--no-progress"]
+            subprocess.run([sys.executable, "-m", "pruning_hf.cli", "prune", *setup], check=True, capture_output=True,
+                           cwd=source, env=_environment(source))
         commands = {"eval": EVAL}
         rows, jobs = [], []
-        for name in [n.strip() for n in args.only.split(",") if n.strip()]:
+        for name in only:
             for repeat in range(args.repeats):
                 for label, source in sources.items():  # alternating: baseline and current see the same load
                     command = commands.get(name) or demo_command(source)
                     out = tmp / f"{name}-{label.replace(' ', '_')}-{repeat}"
                     out.mkdir()
-                    shown = shlex.join(["pruning-hf", *command]).replace(str(pruned), "WANDA50")
+                    shown = shlex.join(["pruning-hf", *command]).replace(str(pruned[label]), "WANDA50")
                     jobs.append(({"command": name, "code": label, "repeat": repeat, "args": shown,
-                                  "concurrent": args.concurrent}, (source, command, out, pruned)))
+                                  "concurrent": args.concurrent}, (source, command, out, pruned[label])))
         batches = [jobs] if args.concurrent else [[job] for job in jobs]
         setup = {"model": MODEL, "baseline": args.baseline, "repeats": args.repeats, "concurrent": args.concurrent,
                  "eval": "8 windows x 256 tokens of embedded@test, 2 models"}
