@@ -12,10 +12,11 @@ are made first, untimed, each code version writing its own):
 With ``--baseline REV`` the same commands also run with the code of git revision ``REV`` (extracted with
 ``git archive`` into a temporary folder, imported through ``PYTHONPATH``), alternating baseline and current
 command by command (``--concurrent``: all at once), so both see the same machine load; the table gives each time
-and their ratio. The load
-average before each run is recorded: the 2-core machines here are shared, so only the ratios of one run are
-comparable, and an absolute time counts as an idle-machine number only when the load was below 1.5 before and
-after it. The CPU time of each command (user + system, all its threads) is recorded too: it depends much less on
+and their ratio. The 2-core machines here are shared, so only the ratios of one run are comparable; to tell
+an idle-machine number from a loaded one, each run records the CPU time that *other* processes used while it
+ran (the machine's busy time from ``/proc/stat`` minus the command's own), and a time counts as an
+idle-machine number only when that was under a quarter of one core on average (the 1-min load average before
+and after is recorded too, but the command itself raises it). The CPU time of each command (user + system, all its threads) is recorded too: it depends much less on
 the load than wall time does, and on an idle 2-core machine the wall time lies between CPU time / 2 and CPU time.
 The perplexities, window counts and paired speed ratios each command reported are recorded as well.
 Prints a markdown table and writes ``benchmarks/results/tool_speed.json``.
@@ -80,6 +81,20 @@ def _results(out: Path) -> dict:
     return found
 
 
+#: a run is an idle-machine number when other processes used less than this many cores on average during it
+IDLE_OTHER_CORES = 0.25
+
+
+def busy_cpu_seconds() -> float | None:
+    """CPU seconds the whole machine has been busy since boot (all cores, ``/proc/stat``), None off Linux."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    except OSError:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
 def start(source: Path, args: list[str], out: Path, pruned: Path) -> dict:
     """Start one timed command (output to ``out/log.txt``)."""
     env = _environment(source)
@@ -88,7 +103,7 @@ def start(source: Path, args: list[str], out: Path, pruned: Path) -> dict:
     load = os.getloadavg()[0]
     process = subprocess.Popen(command, cwd=out, env=env, stdout=log, stderr=subprocess.STDOUT)
     return {"process": process, "command": command, "out": out, "log": log, "load": load,
-            "started": time.perf_counter()}
+            "busy": busy_cpu_seconds(), "started": time.perf_counter()}
 
 
 def finish(running: list[dict], timeout: float | None = None):
@@ -115,19 +130,24 @@ def finish(running: list[dict], timeout: float | None = None):
             print(f"{shlex.join(run['command'])} failed: {why}", flush=True)
             yield index, {"failed": why, "seconds": seconds}
             continue
-        after = os.getloadavg()[0]
-        yield index, {"seconds": seconds, "cpu_seconds": usage.ru_utime + usage.ru_stime, "load_before": run["load"],
-                      "load_after": after, "idle": max(run["load"], after) < 1.5, "results": _results(run["out"])}
+        cpu = usage.ru_utime + usage.ru_stime
+        busy = busy_cpu_seconds()
+        # with --concurrent the other timed commands count as other processes too
+        other = None if busy is None or run["busy"] is None else max(0.0, busy - run["busy"] - cpu)
+        yield index, {"seconds": seconds, "cpu_seconds": cpu, "load_before": run["load"],
+                      "load_after": os.getloadavg()[0], "other_cpu_seconds": other,
+                      "idle": other is not None and other < IDLE_OTHER_CORES * seconds, "results": _results(run["out"])}
 
 
 def summary(rows: list[dict]) -> list[dict]:
-    """One row per command: best current and baseline times (wall, CPU), their ratios, the highest load seen."""
+    """One row per command: best current and baseline times (wall, CPU), their ratios, the most other CPU seen."""
     table = []
     for name in dict.fromkeys(row["command"] for row in rows):
         mine = [r for r in rows if r["command"] == name and "failed" not in r]
         current = [r for r in mine if r["code"] == "current"]
         base = [r for r in mine if r["code"] != "current"]
-        row = {"command": name, "load": max((max(r["load_before"], r["load_after"]) for r in mine), default=None),
+        row = {"command": name, "other_cores": max((r["other_cpu_seconds"] / r["seconds"] for r in mine
+                                                    if r.get("other_cpu_seconds") is not None), default=None),
                "idle": bool(mine) and all(r["idle"] for r in mine)}
         if current:
             row.update(current_s=min(r["seconds"] for r in current), current_cpu_s=min(r["cpu_seconds"] for r in current))
@@ -187,9 +207,10 @@ def main() -> int:
                 row = {**batch[index][0], **result}
                 rows.append(row)
                 if "failed" not in result:
+                    others = result["other_cpu_seconds"]
                     print(f"{row['command']} ({row['code']}): {result['seconds']:.1f} s wall, "
-                          f"{result['cpu_seconds']:.1f} s CPU, load {result['load_before']:.2f} -> "
-                          f"{result['load_after']:.2f}", flush=True)
+                          f"{result['cpu_seconds']:.1f} s CPU, other processes "
+                          + (f"{others:.1f} CPU s" if others is not None else "unknown"), flush=True)
                 common.write_results("tool_speed", setup, rows + [{"summary": summary(rows)}])  # kept if stopped
     table_rows = summary(rows)
     print()
@@ -197,8 +218,8 @@ def main() -> int:
                                              ("current_s", "current (s)"), ("ratio", "current / baseline"),
                                              ("baseline_cpu_s", "baseline CPU (s)"), ("current_cpu_s", "current CPU (s)"),
                                              ("cpu_ratio", "CPU current / baseline"),
-                                             ("load", "highest 1-min load average before / after a run"),
-                                             ("idle", "idle (load < 1.5)")]))
+                                             ("other_cores", "other processes' cores (highest run)"),
+                                             ("idle", f"idle (others < {IDLE_OTHER_CORES} core)")]))
     for name in dict.fromkeys(row["command"] for row in rows):
         print(f"\n`{name}`: {next(r['args'] for r in rows if r['command'] == name and r['code'] == 'current')}")
         for row in (r for r in rows if r["command"] == name):
