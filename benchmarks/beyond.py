@@ -14,9 +14,10 @@ are spent inside the method and the refinement post-step, "dense pass s" in OWL'
 rest of "prune s" is calibration forward passes. "layer extra MiB" is the largest per-layer peak
 above the layer's start (sampled RSS on CPU).
 
-Prints a markdown table and writes ``benchmarks/results/beyond[-quick].json`` after every row;
-rows already there for the same text, windows and threads are reused, so an interrupted run resumes
-and runs over different subsets (``--models``, ``--settings``, ``--variants``) add up to one table;
+Prints a markdown table and writes ``benchmarks/results/beyond[-quick][-SCHEDULE].json`` after every row
+(``--schedule layer``: no suffix; the default ``auto``: ``beyond-auto.json``); rows already there for the
+same text, windows, threads and schedule are reused, so an interrupted run resumes and runs over different
+subsets (``--models``, ``--settings``, ``--variants``) add up to one table, also side by side for different models;
 ``--rerun`` measures the selected rows again (times to compare should come from one process).
 ``--timing ROUNDS`` prunes only (no evaluation) the chosen rows in alternating rounds and reports the
 process's CPU time (one torch thread: it barely depends on other jobs), against SparseGPT +refine at
@@ -78,10 +79,13 @@ COLUMNS = [("model", "model"), ("setting", "setting"), ("variant", "configuratio
 MEASUREMENT_KEYS = ("text", "calibration", "evaluation", "threads", "schedule")
 
 
-def _merged(rows: list[dict], earlier: dict[tuple, dict]) -> list[dict]:
-    """This run's rows plus earlier rows of other models / settings / variants, in table order."""
+def _merged(rows: list[dict], earlier: dict[tuple, dict], name: str, setup: dict) -> list[dict]:
+    """This run's rows plus earlier rows of other models / settings / variants, in table order; rows of models
+    this run does not measure are taken as they are on disk now (runs of different models go side by side)."""
+    others = {key: r for key, r in common.previous_rows(name, setup, MEASUREMENT_KEYS, False).items()
+              if key[0] not in setup["models"]}
     keys = {(r["model"], r["setting"], r["variant"]) for r in rows}
-    combined = rows + [r for key, r in earlier.items() if key not in keys]
+    combined = rows + [r for key, r in {**earlier, **others}.items() if key not in keys]
     order = {setting: i for i, setting in enumerate(["dense", *SETTINGS])}
     variants = {variant: i for i, variant in enumerate(["dense", *VARIANTS])}
     models = list(dict.fromkeys(r["model"] for r in combined))
@@ -221,7 +225,9 @@ def main() -> int:
         "against SparseGPT +refine at the same setting (writes beyond-timing.json)"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    name = "beyond-quick" if args.quick else "beyond"
+    base = "beyond-quick" if args.quick else "beyond"
+    # the quality rows of each schedule in their own file (the layer-schedule table came first)
+    name = base if args.schedule == "layer" else f"{base}-{args.schedule}"
     setup = dict(QUICK if args.quick else FULL, text=common.text_source(), threads=args.threads,
                  command=" ".join(["python", "benchmarks/beyond.py", *sys.argv[1:]]))
     if args.schedule != "layer":  # the saved rows (no "schedule" in their set-up) ran the layer schedule
@@ -230,7 +236,7 @@ def main() -> int:
     if args.variants:  # only the configurations asked for (no global-allocation rows added)
         setup["global_at"] = []
     if args.timing:
-        return timing(name, setup, args.timing)
+        return timing(base, setup, args.timing)
     # rows measured on the same data and threads are reused, whichever subset of models / settings / variants
     # an earlier run covered; rows of other subsets stay in the file (each command adds to one table)
     done = common.previous_rows(name, setup, MEASUREMENT_KEYS, args.fresh)
@@ -249,9 +255,9 @@ def main() -> int:
                 row["model"] = model_name
             rows.append(row)
             print(f"{model_name} {setting} {variant}: ppl {row['perplexity']:.3f}", file=sys.stderr, flush=True)
-            common.write_results(name, setup, _merged(rows, done))  # after every row: an interrupted run resumes
+            common.write_results(name, setup, _merged(rows, done, name, setup))  # after every row: an interrupted run resumes
         del model, dense_state
-    rows = _merged(rows, done)
+    rows = _merged(rows, done, name, setup)
     for row in rows:
         plain = next((r for r in rows if (r["model"], r["setting"], r["variant"]) ==
                       (row["model"], row["setting"], "SparseGPT")), None)

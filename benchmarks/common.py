@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import multiprocessing
+import os
 import platform
 import statistics
 import sys
@@ -82,8 +82,10 @@ def markdown_table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -
 def write_results(name: str, setup: dict[str, Any], rows: list[dict[str, Any]]) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
-    path.write_text(json.dumps({"benchmark": name, "setup": setup, "environment": environment(), "rows": rows},
-                               indent=2))
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")  # readers never see a half-written file
+    partial.write_text(json.dumps({"benchmark": name, "setup": setup, "environment": environment(), "rows": rows},
+                                  indent=2))
+    os.replace(partial, path)
     return path
 
 

@@ -17,7 +17,8 @@ For each embedded model, in one run on the same calibration windows:
   llmcompressor`` and this checkout ``pip install -e .``); the JSON records the versions that ran.
 
 Each row runs in a fresh process; ``--rounds`` repeats the timed rows in alternating order and reports the
-median with min / max. Calibration: random windows (seed 0) of WikiText-2 validation (``../shared/data``)
+median with min / max. Rows of models not run are kept from the results file (same set-up); each row records
+the llm-compressor status and the transformers version of the run that made it. Calibration: random windows (seed 0) of WikiText-2 validation (``../shared/data``)
 after the evaluation tokens, else the embedded corpus; evaluation: the first windows of the same text.
 """
 
@@ -157,9 +158,9 @@ def main() -> None:
     if unknown:
         parser.error(f"--methods: unknown {sorted(unknown)}; choose from {[label for label, _ in METHODS]}")
     peer = importlib.util.find_spec("llmcompressor") is not None
-    setup["llm_compressor"] = (f"{importlib.metadata.version('llmcompressor')} importable: oneshot rows included"
-                               if peer else "not installed: no oneshot rows")
-    print(f"llm-compressor {setup['llm_compressor']}", file=sys.stderr)
+    peer_status = (f"{importlib.metadata.version('llmcompressor')} importable: oneshot rows included"
+                   if peer else "not installed: no oneshot rows")  # recorded per row: runs may differ
+    print(f"llm-compressor {peer_status}", file=sys.stderr)
     rows = []
     for name in args.models.split(","):
         model_name = f"embedded:{name}"
@@ -185,7 +186,8 @@ def main() -> None:
                       + (f", ppl {result['perplexity']:.2f}" if "perplexity" in result else ""), file=sys.stderr)
         forward = statistics.median(times[0])
         for i, (label, kwargs, schedule) in enumerate(jobs):
-            row = {"model": name, "configuration": label, "schedule": schedule, **results[i], **_spread(times[i])}
+            row = {"model": name, "configuration": label, "schedule": schedule, **results[i], **_spread(times[i]),
+                   "llm_compressor": peer_status, "transformers": importlib.metadata.version("transformers")}
             row["vs_dense_forward"] = row["seconds"] / forward
             rows.append(row)
         for row in rows:
@@ -195,7 +197,7 @@ def main() -> None:
                 row["vs_llm_compressor"] = row["seconds"] / peer_row["seconds"] if peer_row else None
     print(f"\ncalibration {setup['calibration_samples']} x {setup['seq_len']} tokens, evaluation "
           f"{setup['eval_windows']} x {setup['seq_len']} held-apart tokens of {Path(setup['text']).name}; "
-          f"llm-compressor {setup['llm_compressor']}\n")
+          f"llm-compressor {peer_status}\n")
     print(common.markdown_table(rows, [("model", "model"), ("configuration", "configuration"), ("schedule", "schedule"),
                                        ("seconds", "load+prune+save s"), ("seconds_min", "min"),
                                        ("seconds_max", "max"), ("vs_dense_forward", "x dense forward"),
@@ -204,8 +206,11 @@ def main() -> None:
     earlier = common.RESULTS / f"{name}.json"  # keep the rows of models not run this time (same set-up only)
     if earlier.is_file():
         kept = json.loads(earlier.read_text())
-        if kept["setup"] == setup:
-            rows = [r for r in kept["rows"] if r["model"] not in args.models.split(",")] + rows
+        kept_setup = {k: v for k, v in kept["setup"].items() if k != "llm_compressor"}  # older files: run-wide
+        if kept_setup == setup:
+            rows = [{"llm_compressor": kept["setup"].get("llm_compressor"),
+                     "transformers": kept["environment"]["transformers"], **r} for r in kept["rows"]
+                    if r["model"] not in args.models.split(",")] + rows
     path = common.write_results(name, setup, rows)
     print(f"\nwrote {path}")
 

@@ -22,7 +22,8 @@ the method's layer calls. ``--speed`` adds, per setting, decode tokens/s at batc
 vs dense (alternating rounds, medians) and its ratio to the ideal (weight bytes read per token).
 
 Prints a markdown table and writes ``benchmarks/results/structured_quality[-quick].json`` after every
-row; rows already there for the same text, windows and threads are reused (an interrupted run resumes).
+row; rows already there for the same text, windows and threads are reused (an interrupted run resumes;
+``--rerun`` measures the selected rows again and keeps the others).
 Wall times of rows measured at different moments on a shared machine are not comparable; ``--timing
 ROUNDS`` prunes only (no evaluation) SparseGPT 50% and the default configuration of each setting in
 alternating rounds and reports the process's CPU time (one torch thread), total and per decoder layer,
@@ -229,6 +230,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     common.table_arguments(parser, "SmolLM2 only, 2 settings, 4 rows, small windows")
     parser.add_argument("--speed", action="store_true", help="also time batch-1 decode of each pruned model")
+    parser.add_argument("--rerun", action="store_true",
+                        help="measure the selected rows (and the dense row) again, keeping the others")
     parser.add_argument("--timing", type=int, default=0, metavar="ROUNDS", help=(
         "instead of the quality table: prune-only CPU time of SparseGPT 50%% and the default configurations, "
         "ROUNDS alternating rounds (writes structured_quality-timing.json)"))
@@ -277,7 +280,7 @@ def main() -> int:
         windows = sample_windows(calib_tokens, *setup["calibration"], seed=0)
         dense = load_model(model_name, dtype=torch.float32)
         for setting, variant in [("dense", "dense")] + rows_to_run(setup):
-            row = done.get((model_name, setting, variant))
+            row = None if args.rerun else done.get((model_name, setting, variant))
             if row is None or (args.speed and setting in SETTINGS and "speed" not in row):
                 row = ({"setting": setting, "variant": variant,
                         "perplexity": perplexity(dense, eval_tokens, eval_len, eval_n)["perplexity"]}

@@ -159,7 +159,7 @@ def test_hub_token_is_never_logged_or_written(make_checkpoint, text_file, tmp_pa
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_all_finite_finds_every_nan_inf_and_survives_a_sum_overflow(dtype):
-    from pruning_hf.engine.capture import all_finite
+    from pruning_hf.utils.checks import all_finite
 
     x = torch.randn(64, 32).to(dtype)
     assert all_finite(x)

@@ -186,7 +186,61 @@ def test_dense_target_weight_is_the_weight_itself_without_earlier_pruning():
     x = torch.randn(256, 16, generator=generator)
     weight = torch.randn(8, 16, generator=generator)
     h = x.t() @ x / len(x)
-    torch.testing.assert_close(dense_target_weight(weight, h, h.clone(), 0.01), weight, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(dense_target_weight(weight, h, h @ weight.t(), 0.01), weight, rtol=1e-4, atol=1e-4)
+
+
+def test_the_output_cross_term_fits_the_same_dense_target_with_fewer_flops():
+    """X^T Y_dense (in x out, for a Linear with out < in) gives the same C W^T and W* as X^T X_dense W^T."""
+    from pruning_hf.sparsity.hessian import dense_target_weight
+
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(8, 24, generator=generator)
+    by_inputs = InputStatistics(24, True, torch.device("cpu"), cross=True)
+    by_outputs = InputStatistics(24, True, torch.device("cpu"), cross=True, cross_outputs=8)
+    for _ in range(3):
+        x = torch.randn(2, 40, 24, generator=generator)
+        x_dense = x + 0.3 * torch.randn(2, 40, 24, generator=generator)
+        by_inputs.update(x, x_dense)
+        by_outputs.update(x, x_dense @ weight.t())
+    assert by_outputs.xtd is None and by_outputs.nbytes < by_inputs.nbytes
+    torch.testing.assert_close(by_outputs.dense_products(weight), by_inputs.dense_products(weight))
+    fitted = [dense_target_weight(weight, s.hessian, s.dense_products(weight), 0.01) for s in (by_inputs, by_outputs)]
+    torch.testing.assert_close(fitted[1], fitted[0], rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="collected for 8 outputs, not 9"):
+        by_outputs.dense_products(torch.randn(9, 24))
+
+
+@pytest.mark.parametrize("family", ["llama", "opt"])  # opt: fc2 has a bias, taken off the dense outputs
+def test_sublayer_dense_targets_of_down_proj_use_its_outputs_and_agree(family, windows, monkeypatch, one_thread):
+    """In the sub-block schedule the MLP's output Linear (out < in) is paired with its dense outputs; the dense
+    targets W* it gets equal the ones of the X^T X_dense route (layer 0: the same inputs in both runs)."""
+    import pruning_hf.engine.schedule as schedule
+    import pruning_hf.methods.base as base
+
+    output_name = {"llama": "mlp.down_proj", "opt": "fc2"}[family]
+    runs = []
+    for route in ("outputs", "inputs"):
+        fitted, original = {}, base.dense_target_weights
+
+        def spy(weights, stats, dampening):
+            targets = original(weights, stats, dampening)
+            for name, target in targets.items():
+                if name.endswith(output_name) and ".0." in name:
+                    fitted[name] = (target.clone(), stats[name].xty is not None)
+            return targets
+
+        monkeypatch.setattr(base, "dense_target_weights", spy)
+        if route == "inputs":
+            monkeypatch.setattr(schedule, "pairs_dense_outputs", lambda linear: False)
+        prune_model(tiny_model(family, layers=2), _config(windows, method="sparsegpt", sparsity=0.5,
+                                                          schedule="sublayer", dense_targets=True),
+                    windows=windows, progress=False)
+        monkeypatch.undo()
+        runs.append(fitted)
+    (name, (by_outputs, used_outputs)), = runs[0].items()
+    by_inputs, used_inputs = runs[1][name]
+    assert used_outputs and not used_inputs
+    torch.testing.assert_close(by_outputs, by_inputs, rtol=1e-4, atol=1e-5)
 
 
 def test_dense_targets_warn_when_calibration_is_too_small_for_them(windows, one_thread):

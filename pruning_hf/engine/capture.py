@@ -17,11 +17,12 @@ import torch
 from torch import nn
 
 from ..models.devices import execution_device
+from ..utils.checks import all_finite
 from .hooks import collect_input_statistics
 from .report import NonFiniteError
 
 __all__ = ["CapturedInputs", "check_activation_storage", "capture_layer_inputs", "run_layer", "call_layer", "check_finite",
-           "all_finite", "head_statistics"]
+           "head_statistics"]
 
 
 def check_activation_storage(storage: torch.device | str) -> torch.device:
@@ -188,13 +189,6 @@ def check_finite(out: torch.Tensor, layer: nn.Module, index: int) -> torch.Tenso
     if not all_finite(out):
         raise NonFiniteError(f"decoder layer {index} produced NaN/Inf activations; {_finiteness(layer)}")
     return out
-
-
-def all_finite(tensor: torch.Tensor) -> bool:
-    """Whether ``tensor`` holds no NaN/Inf. NaN and Inf propagate into a float32 sum, so one reduction
-    answers for the common finite case (about 10x cheaper on CPU than an elementwise mask); only a sum that
-    is not finite (non-finite items, or a float32 overflow) is checked item by item."""
-    return bool(torch.isfinite(tensor.sum(dtype=torch.float32))) or bool(torch.isfinite(tensor).all())
 
 
 def _finiteness(layer: nn.Module) -> str:

@@ -29,8 +29,9 @@ from tqdm.auto import tqdm
 from ..models.architectures import decoder_layers, get_architecture, weight_matrix
 from ..models.devices import execution_device, onloaded, write_weight
 from ..sparsity.allocation import PREPASS_ALLOCATIONS
+from ..utils.checks import all_finite
 from ..utils.memory import PeakMemory, gpu_high_water, rss_peak_bytes
-from .capture import all_finite, capture_layer_inputs, check_activation_storage, head_statistics
+from .capture import capture_layer_inputs, check_activation_storage, head_statistics
 from .prepass import allocation_prepass
 from .report import LayerRecord, NonFiniteError, PruningReport
 from .resume import LayerCheckpoints, check_resumable

@@ -13,7 +13,9 @@
 With dense targets (``captured.dense``) the dense model's stream runs beside: in the layer schedule
 as one more pass of the still-dense layer per batch (its Linears' inputs paired with the pruned
 ones for the cross term ``X^T X_dense``); in the sub-block schedule one step ahead of the pruned
-stream, so the dense stream always runs on weights not yet pruned.
+stream, so the dense stream always runs on weights not yet pruned, and an output Linear with fewer
+outputs than inputs (``down_proj``) pairs its inputs with its dense outputs (``X^T Y_dense``, the
+same fit for ``out / in`` of the flops).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
-from ..models.architectures import SubBlock, SublayerLayout, get_architecture, sublayer_layout
+from ..models.architectures import SubBlock, SublayerLayout, get_architecture, sublayer_layout, weight_matrix
 from ..models.devices import execution_device
 from ..sparsity.statistics import InputStatistics, StatisticsSpec
 from .capture import CapturedInputs, call_layer, check_finite, run_layer
@@ -152,9 +154,10 @@ class _Block:
             return _input_of(self.output, lambda: self.layer.get_submodule(self.spec.core)(self.pre(h)))
         return _input_of(self.output, lambda: call_layer(self.layer, h, self.calls[batch], self.device))
 
-    def finish(self, h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """The sub-block's output: the output Linear on ``y``, its norm, the residual add, a norm after it."""
-        return check_finite(self.after(h + self.post(self.output(y))), self.layer, self.index)
+    def finish(self, h: torch.Tensor, projected: torch.Tensor) -> torch.Tensor:
+        """The sub-block's output from the output Linear's result ``projected``: its norm, the residual add, a
+        norm after it."""
+        return check_finite(self.after(h + self.post(projected)), self.layer, self.index)
 
 
 @torch.no_grad()
@@ -189,33 +192,48 @@ def _sub_block(block: _Block, captured: CapturedInputs, names: dict[int, str], s
             dense_cores.append(store(block.core(d, batch)))
     if inputs:
         prune(inputs, collect.result(inputs))
-    collect = _Collector(statistics, dense is not None)
+    by_outputs = dense is not None and pairs_dense_outputs(block.output)
+    bias = getattr(block.output, "bias", None)
+    collect = _Collector(statistics, dense is not None, weight_matrix(block.output).shape[0] if by_outputs else None)
     cores, dense_outputs = [], [] if dense is not None else None
     for batch, item in enumerate(hidden):  # 2. the output Linear's inputs, with the input Linears pruned
         y = block.core(load(item, device), batch)
-        y_dense = load(dense_cores[batch], device) if dense is not None else None
-        if output:
-            collect.update(y, y_dense)
         cores.append(store(y))
-        if y_dense is not None:
-            dense_outputs.append(store(block.finish(load(dense[batch], device), y_dense)))
+        if dense is None:
+            if output:
+                collect.update(y, None)
+            continue
+        y_dense = load(dense_cores[batch], device)
+        projected = block.output(y_dense)  # the still-dense output Linear on the dense stream
+        if output:
+            collect.update(y, (projected if bias is None else projected - bias) if by_outputs else y_dense)
+        dense_outputs.append(store(block.finish(load(dense[batch], device), projected)))
     captured.release(dense_cores)
     if output:
         prune(output, collect.result(output))
-    outputs = [store(block.finish(load(item, device), load(y, device))) for item, y in zip(hidden, cores)]
+    outputs = [store(block.finish(load(item, device), block.output(load(y, device))))
+               for item, y in zip(hidden, cores)]
     captured.release(cores)  # 3. the sub-block's outputs
     return outputs, dense_outputs
+
+
+def pairs_dense_outputs(linear: nn.Module) -> bool:
+    """Whether dense targets pair an output Linear's inputs with its dense outputs (``X^T Y_dense``, ``in x out``)
+    rather than with its dense inputs (``X^T X_dense``, ``in x in``): when it has fewer outputs than inputs."""
+    out_features, in_features = weight_matrix(linear).shape
+    return out_features < in_features
 
 
 class _Collector:
     """One InputStatistics shared by the Linears that read one input, created on the first batch."""
 
-    def __init__(self, statistics: StatisticsSpec, cross: bool) -> None:
-        self.statistics, self.cross, self.stats = statistics, cross, None
+    def __init__(self, statistics: StatisticsSpec, cross: bool, cross_outputs: int | None = None) -> None:
+        self.statistics, self.cross, self.cross_outputs, self.stats = statistics, cross, cross_outputs, None
 
     def update(self, x: torch.Tensor, dense: torch.Tensor | None) -> None:
         if self.stats is None:
-            self.stats = InputStatistics(x.shape[-1], self.statistics.hessian, x.device, cross=self.cross)
+            self.stats = InputStatistics(x.shape[-1], self.statistics.hessian, x.device, cross=self.cross,
+                                         cross_outputs=self.cross_outputs)
         self.stats.update(x, dense)
 
     def result(self, modules: dict[str, nn.Module]) -> dict[str, InputStatistics]:

@@ -55,8 +55,8 @@ def dense_target_weights(weights: dict[str, torch.Tensor], stats: dict[str, Inpu
                           "they over-fit and can make the model much worse; use more calibration windows "
                           "(num_samples x seq_len) or dense_targets=False", RuntimeWarning, stacklevel=2)
         stacked = torch.cat([weights[name] for name in names])
-        fitted = dense_target_weight(stacked, shared.hessian.to(stacked.device),
-                                     shared.cross_hessian.to(stacked.device), dampening)
+        fitted = dense_target_weight(stacked, shared.hessian.to(stacked.device), shared.dense_products(stacked),
+                                     dampening)
         targets |= dict(zip(names, fitted.split([weights[name].shape[0] for name in names])))
     return targets
 

@@ -37,6 +37,7 @@ from typing import Sequence
 
 import torch
 
+from ..utils.checks import all_finite
 from .hessian import HessianError
 from .masks import Pattern, block_scores, expand_blocks, nm_mask, num_to_prune, topk_mask
 from .refinement import reconstruction_error, refit_kept
@@ -191,7 +192,7 @@ def admm_prune(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float | No
     if weight.dim() != 2 or tuple(hessian.shape) != (weight.shape[1], weight.shape[1]):
         raise ValueError(f"weight must be (out, in) and hessian (in, in); got {tuple(weight.shape)} and "
                          f"{tuple(hessian.shape)}")
-    if not torch.isfinite(weight).all():
+    if not all_finite(weight):
         raise ValueError("weight holds NaN/Inf values; ADMM cannot prune it")
     if pattern.is_nm or pattern.is_block:
         pattern.check_shape("weight", tuple(weight.shape))
@@ -231,7 +232,7 @@ def _solve(weight, hessian, sparsity, pattern, groups, per_row, fraction, track,
     system = h_scaled + torch.diag(lam * inv_scale.square())  # D^-1 H_lam D^-1: unit diagonal
     w_scaled = weight * scale
     target = w_scaled @ system  # b D^-1
-    if not (torch.isfinite(system).all() and torch.isfinite(target).all()):
+    if not (all_finite(system) and all_finite(target)):
         return None
     history, changes = [], []
     eye = torch.eye(columns, dtype=system.dtype, device=system.device)
@@ -260,7 +261,7 @@ def _solve(weight, hessian, sparsity, pattern, groups, per_row, fraction, track,
         dual.add_(y.sub_(z), alpha=penalty)
         if track:
             history.append(float(reconstruction_error(w_scaled, z, h_scaled).sum(dtype=torch.float64)))
-    if not torch.isfinite(z).all():
+    if not all_finite(z):
         return None
     if refit_iterations:  # CG lowers every row's dampened objective; keep a row only where rounding agrees
         fitted = refit_kept(w_scaled, z.clone(), keep, system, refit_iterations)
@@ -268,7 +269,7 @@ def _solve(weight, hessian, sparsity, pattern, groups, per_row, fraction, track,
         z = torch.where(better.unsqueeze(1), fitted, z)
     z.mul_(keep)  # exact zeros off the support
     pruned = z * inv_scale
-    if not torch.isfinite(pruned).all():
+    if not all_finite(pruned):
         return None
     final = float(reconstruction_error(w_scaled, z, h_scaled).sum(dtype=torch.float64))
     if track:

@@ -74,24 +74,25 @@ def inverse_hessian_factor(hessian: torch.Tensor, dampening: float, retries: int
     return with_dampening(hessian, dampening, retries, attempt)
 
 
-def dense_target_weight(weight: torch.Tensor, hessian: torch.Tensor, cross: torch.Tensor, dampening: float,
+def dense_target_weight(weight: torch.Tensor, hessian: torch.Tensor, dense_products: torch.Tensor, dampening: float,
                         retries: int = 6) -> torch.Tensor:
     """The weight ``W*`` that best reproduces the dense model's output from this model's inputs.
 
     With ``X`` ``(tokens, in)`` this Linear's inputs in the model being pruned and ``X_d`` the dense
-    model's inputs of the same tokens, ``H = X^T X / n`` (``hessian``) and ``C = X^T X_d / n`` (``cross``),
-    dense targets minimise, per output row ``w``, ``||X_d w - X w'||^2 / n + λ ||w' - w||^2`` over the
+    model's inputs of the same tokens, ``H = X^T X / n`` (``hessian``) and ``C = X^T X_d / n``, dense
+    targets minimise, per output row ``w``, ``||X_d w - X w'||^2 / n + λ ||w' - w||^2`` over the
     pruned row ``w'``. Completing the square, that equals ``(w' - w*)^T (H + λI) (w' - w*)`` + a constant,
     with ``w* = (H + λI)^-1 (C + λI) w``: so fitting the dense targets is the usual reconstruction
     problem (SparseGPT's, ADMM's, refinement's) with dampened ``H`` and ``W*`` in place of the dense weight.
     ``λ = dampening * mean(diag H)``; where ``X = X_d``, ``W* = W`` exactly in exact arithmetic.
-    ``weight`` ``(out, in)`` fp32; returns ``W*`` ``(out, in)`` fp32.
+    ``weight`` ``(out, in)`` fp32 and ``dense_products`` ``(in, out)`` ``C W^T``
+    (:meth:`~pruning_hf.sparsity.statistics.InputStatistics.dense_products`); returns ``W*`` ``(out, in)`` fp32.
     """
     def attempt(h: torch.Tensor, lam: torch.Tensor) -> torch.Tensor | None:
         lower = try_cholesky(h)
         if lower is None:
             return None
-        rhs = torch.addmm(weight.t(), cross, weight.t(), alpha=1.0, beta=float(lam))  # (C + λI) W^T
+        rhs = torch.add(dense_products, weight.t(), alpha=float(lam))  # (C + λI) W^T
         return torch.cholesky_solve(rhs, lower).t().contiguous()
 
     return with_dampening(hessian, dampening, retries, attempt, what="the dense-target Hessian")

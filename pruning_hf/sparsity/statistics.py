@@ -33,7 +33,8 @@ def add_gram_upper(gram: torch.Tensor, x: torch.Tensor, block: int = GRAM_BLOCK)
 class StatisticsSpec:
     """What a method needs collected for each target Linear's input: sums and squared norms always,
     ``X^T X`` (``in x in``, fp32) only with ``hessian=True``, and with ``cross=True`` also the cross
-    term ``X^T X_dense`` with the dense model's input of the same Linear (dense targets)."""
+    term with the dense model's input of the same Linear (dense targets): ``X^T X_dense``, or for a
+    Linear with fewer outputs than inputs the cheaper ``X^T Y_dense`` with its dense outputs."""
 
     hessian: bool = False
     cross: bool = False
@@ -50,19 +51,27 @@ class InputStatistics:
             in its upper triangle (:func:`add_gram_upper`) and made symmetric when read.
         xtd: ``(in, in)`` ``X^T X_dense`` when ``cross=True``: ``X`` against the dense model's input
             ``X_dense`` of the same Linear on the same tokens.
+        xty: ``(in, out)`` ``X^T Y_dense`` instead of ``xtd`` when ``cross_outputs=out``: ``X`` against the
+            dense model's output ``Y_dense = X_dense W^T`` (no bias) of the one Linear that reads ``X``;
+            ``2 tokens in out`` flops per batch instead of ``2 tokens in^2`` (``down_proj``: ``out < in``).
     """
 
-    def __init__(self, in_features: int, hessian: bool, device: torch.device, cross: bool = False) -> None:
+    def __init__(self, in_features: int, hessian: bool, device: torch.device, cross: bool = False,
+                 cross_outputs: int | None = None) -> None:
         self.num_tokens = 0
         self.sums = torch.zeros(in_features, dtype=torch.float32, device=device)
         self.sq_norms = torch.zeros(in_features, dtype=torch.float32, device=device)
         square = (in_features, in_features)
         self._xtx = torch.zeros(square, dtype=torch.float32, device=device) if hessian or cross else None
         self._symmetric = True  # whether the lower triangle of _xtx mirrors the upper one
-        self.xtd = torch.zeros(square, dtype=torch.float32, device=device) if cross else None
+        by_outputs = cross and cross_outputs is not None
+        self.xtd = torch.zeros(square, dtype=torch.float32, device=device) if cross and not by_outputs else None
+        self.xty = (torch.zeros(in_features, cross_outputs, dtype=torch.float32, device=device) if by_outputs
+                    else None)
 
     def update(self, inputs: torch.Tensor, dense: torch.Tensor | None = None) -> None:
-        """Add a batch of inputs (``dense``: the dense model's inputs of the same tokens, with ``cross``)."""
+        """Add a batch of inputs (``dense``, with ``cross``: the dense model's inputs of the same tokens, or its
+        outputs ``(..., out)`` without bias for statistics made with ``cross_outputs``)."""
         x = inputs.detach().reshape(-1, inputs.shape[-1]).float()
         self.num_tokens += x.shape[0]
         self.sums += x.sum(0)
@@ -70,10 +79,11 @@ class InputStatistics:
         if self._xtx is not None:
             add_gram_upper(self._xtx, x)
             self._symmetric = False
-        if self.xtd is not None:
+        cross = self.xtd if self.xtd is not None else self.xty
+        if cross is not None:
             if dense is None:
-                raise ValueError("these statistics hold a cross term: pass the dense inputs too")
-            self.xtd.addmm_(x.t(), dense.detach().reshape(x.shape).to(x.device, torch.float32))
+                raise ValueError("these statistics hold a cross term: pass the dense inputs (or outputs) too")
+            cross.addmm_(x.t(), dense.detach().reshape(x.shape[0], -1).to(x.device, torch.float32))
 
     def to(self, device: torch.device | str) -> InputStatistics:
         """A copy on ``device`` (what a method keeps past its layer goes to the CPU)."""
@@ -96,12 +106,19 @@ class InputStatistics:
     @property
     def nbytes(self) -> int:
         """Memory held by these statistics."""
-        return self.sq_norms.nbytes + sum(m.nbytes for m in (self._xtx, self.xtd) if m is not None)
+        return self.sq_norms.nbytes + sum(m.nbytes for m in (self._xtx, self.xtd, self.xty) if m is not None)
 
-    @property
-    def cross_hessian(self) -> torch.Tensor | None:
-        """``(in, in)`` mean ``X^T X_dense / num_tokens`` (None without ``cross``)."""
-        return None if self.xtd is None else self.xtd / max(self.num_tokens, 1)
+    def dense_products(self, weight: torch.Tensor) -> torch.Tensor:
+        """``(in, out)`` mean ``X^T X_dense W^T / num_tokens`` for the dense ``weight`` ``(out, in)`` of the
+        Linear(s) reading this input, from whichever cross term was collected (``xty`` already holds it)."""
+        if self.xty is not None:
+            if self.xty.shape[1] != weight.shape[0]:
+                raise ValueError(f"the cross term was collected for {self.xty.shape[1]} outputs, not "
+                                 f"{weight.shape[0]}")
+            return self.xty.to(weight.device) / max(self.num_tokens, 1)
+        if self.xtd is None:
+            raise RuntimeError("these statistics were collected without cross=True")
+        return self.xtd.to(weight.device) @ weight.t() / max(self.num_tokens, 1)
 
     @property
     def column_norms(self) -> torch.Tensor:
