@@ -51,6 +51,35 @@ def run_isolated(function: Callable[..., dict], *args: Any) -> dict:
         return pool.apply(function, args)
 
 
+def busy_cpu_seconds() -> float | None:
+    """CPU seconds the whole machine has been busy since boot (all cores, ``/proc/stat``), None off Linux."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    except OSError:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+class OtherLoad:
+    """``with OtherLoad() as load: ...`` then ``load.cores``: how many cores *other* processes kept busy on average
+    while the block ran (the machine's busy time minus this process's CPU time; None off Linux). A timing is an
+    idle-machine number when that stays under :data:`IDLE_OTHER_CORES`."""
+
+    def __enter__(self) -> OtherLoad:
+        self.busy, self.cpu, self.wall = busy_cpu_seconds(), time.process_time(), time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        busy, wall = busy_cpu_seconds(), time.perf_counter() - self.wall
+        own = time.process_time() - self.cpu
+        self.cores = None if busy is None or self.busy is None else max(0.0, busy - self.busy - own) / max(wall, 1e-9)
+
+
+#: a timing is an idle-machine number when other processes used fewer cores than this on average during it
+IDLE_OTHER_CORES = 0.25
+
+
 def peak_rss_mib() -> float:
     import resource
 

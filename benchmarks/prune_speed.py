@@ -17,7 +17,8 @@ For each embedded model, in one run on the same calibration windows:
   llmcompressor`` and this checkout ``pip install -e .``); the JSON records the versions that ran.
 
 Each row runs in a fresh process; ``--rounds`` repeats the timed rows in alternating order and reports the
-median with min / max. Rows of models not run are kept from the results file (same set-up); each row records
+median with min / max, and how many cores other processes kept busy during its timed part (``/proc/stat``; the
+most over the rounds; ``idle`` when under a quarter of a core). Rows of models not run are kept from the results file (same set-up); each row records
 the llm-compressor status and the transformers version of the run that made it. Calibration: random windows (seed 0) of WikiText-2 validation (``../shared/data``)
 after the evaluation tokens, else the embedded corpus; evaluation: the first windows of the same text.
 """
@@ -67,10 +68,12 @@ def dense_forward(model_name: str, setup: dict) -> dict:
     model = load_model(model_name)
     with torch.no_grad():
         model(windows[:1])  # warm-up
-        started = time.perf_counter()
-        for batch in windows.split(8):
-            model(batch)
-    return {"seconds": time.perf_counter() - started}
+        with common.OtherLoad() as load:
+            started = time.perf_counter()
+            for batch in windows.split(8):
+                model(batch)
+            seconds = time.perf_counter() - started
+    return {"seconds": seconds, "other_cores": load.cores}
 
 
 def prune_row(model_name: str, kwargs: dict, schedule: str, setup: dict) -> dict:
@@ -87,15 +90,15 @@ def prune_row(model_name: str, kwargs: dict, schedule: str, setup: dict) -> dict
     tokenizer, eval_tokens, windows = _windows(model_name, setup)
     config = PruningConfig(calibration={"batch_size": 8, "num_samples": setup["calibration_samples"],
                                         "seq_len": setup["seq_len"]}, schedule=schedule, **kwargs)
-    with tempfile.TemporaryDirectory() as folder:
+    with tempfile.TemporaryDirectory() as folder, common.OtherLoad() as load:
         started = time.perf_counter()
         model = load_model(model_name)
         report = prune(model, config, tokenizer, windows=windows, progress=False, energy=False)
         model.save_pretrained(folder)
         seconds = time.perf_counter() - started
     result = perplexity(model, eval_tokens, setup["seq_len"], setup["eval_windows"])
-    return {"seconds": seconds, "prune_seconds": report.total_seconds, "schedule_run": report.schedule,
-            "perplexity": result["perplexity"], "eval_tokens": result["tokens"]}
+    return {"seconds": seconds, "other_cores": load.cores, "prune_seconds": report.total_seconds,
+            "schedule_run": report.schedule, "perplexity": result["perplexity"], "eval_tokens": result["tokens"]}
 
 
 def oneshot_row(model_name: str, kwargs: dict, setup: dict) -> dict:
@@ -116,18 +119,19 @@ def oneshot_row(model_name: str, kwargs: dict, setup: dict) -> dict:
     _, eval_tokens, windows = _windows(model_name, setup)
     modifier = {"wanda": WandaPruningModifier, "sparsegpt": SparseGPTModifier}[kwargs["method"]]
     dataset = Dataset.from_dict({"input_ids": windows.tolist(), "attention_mask": [[1] * windows.shape[1]] * len(windows)})
-    started = time.perf_counter()
-    model = load_model(model_name)
-    # llm-compressor's targets are the modules it prunes layer by layer (the decoder layers), not Linears
-    layers = rf"re:{get_architecture(model).layers_path.replace('.', '[.]')}[.]\d+$"
-    oneshot(model=model, dataset=dataset, recipe=modifier(sparsity=kwargs["sparsity"], targets=[layers]),
-            num_calibration_samples=len(windows), max_seq_length=windows.shape[1])
-    seconds = time.perf_counter() - started
+    with common.OtherLoad() as load:
+        started = time.perf_counter()
+        model = load_model(model_name)
+        # llm-compressor's targets are the modules it prunes layer by layer (the decoder layers), not Linears
+        layers = rf"re:{get_architecture(model).layers_path.replace('.', '[.]')}[.]\d+$"
+        oneshot(model=model, dataset=dataset, recipe=modifier(sparsity=kwargs["sparsity"], targets=[layers]),
+                num_calibration_samples=len(windows), max_seq_length=windows.shape[1])
+        seconds = time.perf_counter() - started
     linears = [m for layer in decoder_layers(model) for m in layer.modules() if isinstance(m, torch.nn.Linear)]
     zeros = sum(int((m.weight == 0).sum()) for m in linears) / sum(m.weight.numel() for m in linears)
     result = perplexity(model, eval_tokens, setup["seq_len"], setup["eval_windows"])
-    return {"seconds": seconds, "sparsity_reached": zeros, "perplexity": result["perplexity"],
-            "eval_tokens": result["tokens"]}
+    return {"seconds": seconds, "other_cores": load.cores, "sparsity_reached": zeros,
+            "perplexity": result["perplexity"], "eval_tokens": result["tokens"]}
 
 
 def _spread(values: list[float]) -> dict:
@@ -169,6 +173,7 @@ def main() -> None:
             jobs += [(f"llm-compressor {label}", kwargs, "oneshot") for label, kwargs in methods
                      if kwargs["method"] in ("wanda", "sparsegpt") and len(kwargs) == 2]
         times: dict[int, list[float]] = {i: [] for i in range(len(jobs))}
+        others: dict[int, list[float]] = {i: [] for i in range(len(jobs))}
         results: dict[int, dict] = {}
         for round_index in range(args.rounds):
             order = range(len(jobs)) if round_index % 2 == 0 else reversed(range(len(jobs)))
@@ -181,12 +186,16 @@ def main() -> None:
                 else:
                     result = common.run_isolated(prune_row, model_name, kwargs, schedule, setup)
                 times[i].append(result["seconds"])
+                if result.get("other_cores") is not None:
+                    others[i].append(result["other_cores"])
                 results[i] = result
                 print(f"{name} {label} [{schedule}] round {round_index + 1}: {result['seconds']:.1f} s"
                       + (f", ppl {result['perplexity']:.2f}" if "perplexity" in result else ""), file=sys.stderr)
         forward = statistics.median(times[0])
         for i, (label, kwargs, schedule) in enumerate(jobs):
             row = {"model": name, "configuration": label, "schedule": schedule, **results[i], **_spread(times[i]),
+                   "other_cores": max(others[i], default=None),
+                   "idle": bool(others[i]) and max(others[i]) < common.IDLE_OTHER_CORES,
                    "llm_compressor": peer_status, "transformers": importlib.metadata.version("transformers")}
             row["vs_dense_forward"] = row["seconds"] / forward
             rows.append(row)
@@ -201,7 +210,8 @@ def main() -> None:
     print(common.markdown_table(rows, [("model", "model"), ("configuration", "configuration"), ("schedule", "schedule"),
                                        ("seconds", "load+prune+save s"), ("seconds_min", "min"),
                                        ("seconds_max", "max"), ("vs_dense_forward", "x dense forward"),
-                                       ("vs_llm_compressor", "x llm-compressor"), ("perplexity", "ppl")]))
+                                       ("vs_llm_compressor", "x llm-compressor"), ("perplexity", "ppl"),
+                                       ("other_cores", "other processes' cores (most)")]))
     name = "prune_speed" + ("-quick" if args.quick else "")
     earlier = common.RESULTS / f"{name}.json"  # keep the rows of models not run this time (same set-up only)
     if earlier.is_file():

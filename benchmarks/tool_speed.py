@@ -81,20 +81,6 @@ def _results(out: Path) -> dict:
     return found
 
 
-#: a run is an idle-machine number when other processes used less than this many cores on average during it
-IDLE_OTHER_CORES = 0.25
-
-
-def busy_cpu_seconds() -> float | None:
-    """CPU seconds the whole machine has been busy since boot (all cores, ``/proc/stat``), None off Linux."""
-    try:
-        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
-    except OSError:
-        return None
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[:8])
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
 def start(source: Path, args: list[str], out: Path, pruned: Path) -> dict:
     """Start one timed command (output to ``out/log.txt``)."""
     env = _environment(source)
@@ -103,7 +89,7 @@ def start(source: Path, args: list[str], out: Path, pruned: Path) -> dict:
     load = os.getloadavg()[0]
     process = subprocess.Popen(command, cwd=out, env=env, stdout=log, stderr=subprocess.STDOUT)
     return {"process": process, "command": command, "out": out, "log": log, "load": load,
-            "busy": busy_cpu_seconds(), "started": time.perf_counter()}
+            "busy": common.busy_cpu_seconds(), "started": time.perf_counter()}
 
 
 def finish(running: list[dict], timeout: float | None = None):
@@ -131,12 +117,12 @@ def finish(running: list[dict], timeout: float | None = None):
             yield index, {"failed": why, "seconds": seconds}
             continue
         cpu = usage.ru_utime + usage.ru_stime
-        busy = busy_cpu_seconds()
+        busy = common.busy_cpu_seconds()
         # with --concurrent the other timed commands count as other processes too
         other = None if busy is None or run["busy"] is None else max(0.0, busy - run["busy"] - cpu)
         yield index, {"seconds": seconds, "cpu_seconds": cpu, "load_before": run["load"],
                       "load_after": os.getloadavg()[0], "other_cpu_seconds": other,
-                      "idle": other is not None and other < IDLE_OTHER_CORES * seconds, "results": _results(run["out"])}
+                      "idle": other is not None and other < common.IDLE_OTHER_CORES * seconds, "results": _results(run["out"])}
 
 
 def summary(rows: list[dict]) -> list[dict]:
@@ -219,7 +205,7 @@ def main() -> int:
                                              ("baseline_cpu_s", "baseline CPU (s)"), ("current_cpu_s", "current CPU (s)"),
                                              ("cpu_ratio", "CPU current / baseline"),
                                              ("other_cores", "other processes' cores (highest run)"),
-                                             ("idle", f"idle (others < {IDLE_OTHER_CORES} core)")]))
+                                             ("idle", f"idle (others < {common.IDLE_OTHER_CORES} core)")]))
     for name in dict.fromkeys(row["command"] for row in rows):
         print(f"\n`{name}`: {next(r['args'] for r in rows if r['command'] == name and r['code'] == 'current')}")
         for row in (r for r in rows if r["command"] == name):
