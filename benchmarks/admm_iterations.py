@@ -101,8 +101,8 @@ def main() -> int:
     common.finish("admm_iterations", setup, rows,
                   [("setting", "setting"), ("schedule", "schedule"), ("error_vs_default", "error / default"),
                    ("solver_seconds", "solver s"), ("seconds_vs_default", "time / default")],
-                  f"{len(captured)} Linears of SmolLM2-135M layers {args.layers} (their inputs under ADMM +dense at 70%, "
-                  "32 x 512 calibration); reconstruction error summed over them; 1 torch thread", [])
+                  f"{len(captured)} Linears of SmolLM2-135M layers {args.layers} (their inputs under ADMM +dense at "
+                  "70%, 32 x 512 calibration); reconstruction error summed over them; 1 torch thread", [])
     return 0
 
 

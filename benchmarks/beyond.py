@@ -17,7 +17,8 @@ above the layer's start (sampled RSS on CPU).
 Prints a markdown table and writes ``benchmarks/results/beyond[-quick][-SCHEDULE].json`` after every row
 (``--schedule layer``: no suffix; the default ``auto``: ``beyond-auto.json``); rows already there for the
 same text, windows, threads and schedule are reused, so an interrupted run resumes and runs over different
-subsets (``--models``, ``--settings``, ``--variants``) add up to one table, also side by side for different models;
+subsets (``--models``, ``--settings``, ``--variants``) add up to one table (runs of different models also side
+by side);
 ``--rerun`` measures the selected rows again (times to compare should come from one process).
 ``--timing ROUNDS`` prunes only (no evaluation) the chosen rows in alternating rounds and reports the
 process's CPU time (one torch thread: it barely depends on other jobs), against SparseGPT +refine at
@@ -255,7 +256,8 @@ def main() -> int:
                 row["model"] = model_name
             rows.append(row)
             print(f"{model_name} {setting} {variant}: ppl {row['perplexity']:.3f}", file=sys.stderr, flush=True)
-            common.write_results(name, setup, _merged(rows, done, name, setup))  # after every row: an interrupted run resumes
+            # after every row: an interrupted run resumes
+            common.write_results(name, setup, _merged(rows, done, name, setup))
         del model, dense_state
     rows = _merged(rows, done, name, setup)
     for row in rows:

@@ -61,6 +61,13 @@ def busy_cpu_seconds() -> float | None:
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
+def other_cpu_seconds(busy_before: float | None, own_cpu: float) -> float | None:
+    """CPU seconds other processes used since ``busy_before`` (:func:`busy_cpu_seconds`), given the timed
+    work's own ``own_cpu`` seconds; None off Linux."""
+    busy = busy_cpu_seconds()
+    return None if busy is None or busy_before is None else max(0.0, busy - busy_before - own_cpu)
+
+
 class OtherLoad:
     """``with OtherLoad() as load: ...`` then ``load.cores``: how many cores *other* processes kept busy on average
     while the block ran (the machine's busy time minus this process's CPU time; None off Linux). A timing is an
@@ -71,9 +78,9 @@ class OtherLoad:
         return self
 
     def __exit__(self, *exc) -> None:
-        busy, wall = busy_cpu_seconds(), time.perf_counter() - self.wall
-        own = time.process_time() - self.cpu
-        self.cores = None if busy is None or self.busy is None else max(0.0, busy - self.busy - own) / max(wall, 1e-9)
+        wall = time.perf_counter() - self.wall
+        other = other_cpu_seconds(self.busy, time.process_time() - self.cpu)
+        self.cores = None if other is None else other / max(wall, 1e-9)
 
 
 #: a timing is an idle-machine number when other processes used fewer cores than this on average during it

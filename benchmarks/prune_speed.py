@@ -17,9 +17,10 @@ For each embedded model, in one run on the same calibration windows:
   llmcompressor`` and this checkout ``pip install -e .``); the JSON records the versions that ran.
 
 Each row runs in a fresh process; ``--rounds`` repeats the timed rows in alternating order and reports the
-median with min / max, and how many cores other processes kept busy during its timed part (``/proc/stat``; the
-most over the rounds; ``idle`` when under a quarter of a core). Rows of models not run are kept from the results file (same set-up); each row records
-the llm-compressor status and the transformers version of the run that made it. Calibration: random windows (seed 0) of WikiText-2 validation (``../shared/data``)
+median with min / max, and how many cores other processes kept busy during its timed part (``/proc/stat``;
+the most over the rounds; ``idle`` when under a quarter of a core). Rows of models not run are kept from the
+results file (same set-up); each row records the llm-compressor status and the transformers version of the run
+that made it. Calibration: random windows (seed 0) of WikiText-2 validation (``../shared/data``)
 after the evaluation tokens, else the embedded corpus; evaluation: the first windows of the same text.
 """
 

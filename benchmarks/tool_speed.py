@@ -16,8 +16,9 @@ and their ratio. The 2-core machines here are shared, so only the ratios of one 
 an idle-machine number from a loaded one, each run records the CPU time that *other* processes used while it
 ran (the machine's busy time from ``/proc/stat`` minus the command's own), and a time counts as an
 idle-machine number only when that was under a quarter of one core on average (the 1-min load average before
-and after is recorded too, but the command itself raises it). The CPU time of each command (user + system, all its threads) is recorded too: it depends much less on
-the load than wall time does, and on an idle 2-core machine the wall time lies between CPU time / 2 and CPU time.
+and after is recorded too, but the command itself raises it). The CPU time of each command (user + system,
+all its threads) is recorded too: it depends much less on the load than wall time does, and on an idle 2-core
+machine the wall time lies between CPU time / 2 and CPU time.
 The perplexities, window counts and paired speed ratios each command reported are recorded as well.
 Prints a markdown table and writes ``benchmarks/results/tool_speed.json``.
 """
@@ -117,12 +118,11 @@ def finish(running: list[dict], timeout: float | None = None):
             yield index, {"failed": why, "seconds": seconds}
             continue
         cpu = usage.ru_utime + usage.ru_stime
-        busy = common.busy_cpu_seconds()
-        # with --concurrent the other timed commands count as other processes too
-        other = None if busy is None or run["busy"] is None else max(0.0, busy - run["busy"] - cpu)
+        other = common.other_cpu_seconds(run["busy"], cpu)  # with --concurrent: the other timed commands too
         yield index, {"seconds": seconds, "cpu_seconds": cpu, "load_before": run["load"],
                       "load_after": os.getloadavg()[0], "other_cpu_seconds": other,
-                      "idle": other is not None and other < common.IDLE_OTHER_CORES * seconds, "results": _results(run["out"])}
+                      "idle": other is not None and other < common.IDLE_OTHER_CORES * seconds,
+                      "results": _results(run["out"])}
 
 
 def summary(rows: list[dict]) -> list[dict]:

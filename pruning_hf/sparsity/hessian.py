@@ -11,6 +11,8 @@ from typing import Callable, TypeVar
 
 import torch
 
+from ..utils.checks import all_finite
+
 __all__ = ["HessianError", "with_dampening", "fill_dead_inputs", "try_cholesky", "dampened_cholesky",
            "inverse_hessian_factor", "dense_target_weight"]
 
@@ -51,7 +53,7 @@ def fill_dead_inputs(hessian: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
 def try_cholesky(matrix: torch.Tensor, upper: bool = False) -> torch.Tensor | None:
     """Cholesky factor of ``(n, n)`` ``matrix`` (lower, or ``upper``), or None when it is not positive definite."""
     factor, info = torch.linalg.cholesky_ex(matrix, upper=upper)
-    return factor if info.item() == 0 and torch.isfinite(factor).all() else None
+    return factor if info.item() == 0 and all_finite(factor) else None
 
 
 def dampened_cholesky(hessian: torch.Tensor, dampening: float, retries: int = 6) -> torch.Tensor:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..utils.checks import all_finite
 from .hessian import dampened_cholesky, fill_dead_inputs, try_cholesky, with_dampening
 
 __all__ = ["refit_output", "augment_with_ones", "relative_output_error", "ObsSelection", "obs_select_units",
@@ -55,7 +56,7 @@ def refit_output(weight: torch.Tensor, hessian: torch.Tensor, keep: torch.Tensor
         if lower is None:
             return None
         solution = torch.cholesky_solve(hd[keep] @ w.t(), lower).t()  # solve Hd[K,K] W'^T = Hd[K,:] W^T
-        return solution.contiguous() if torch.isfinite(solution).all() else None
+        return solution.contiguous() if all_finite(solution) else None
 
     return with_dampening(h, dampening, retries, attempt, "H[K, K]")
 
