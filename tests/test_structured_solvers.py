@@ -168,3 +168,35 @@ def test_allocate_by_error_takes_cheapest_marginals_and_respects_caps():
     # a non-convex curve: its later, cheaper step is not taken before the dear one that precedes it
     bumpy = torch.tensor([0.0, 1.0, 1.01])
     assert allocate_by_error([bumpy, torch.tensor([0.0, 0.5, 1.0])], 2) == [0, 2]
+
+
+def _explicit_obs(w, h, block, remove, steps):
+    """Reference grouped OBS with the whole inverse Hessian updated after every step."""
+    w, hinv = w.clone().double(), torch.linalg.inv(h.double())
+    units = w.shape[1] // block
+    cols = torch.arange(units * block).view(units, block)
+    alive, order, errors = torch.ones(units, dtype=torch.bool), [], [0.0]
+    for count in removal_schedule(remove, steps):
+        cost = unit_errors(w, hinv, block).masked_fill(~alive, float("inf"))
+        chosen = torch.topk(cost, count, largest=False).indices
+        s = cols[chosen].reshape(-1)
+        inv_ss = torch.linalg.inv(hinv[s][:, s])
+        errors.append(errors[-1] + float(((w[:, s] @ inv_ss) * w[:, s]).sum()))
+        w -= w[:, s] @ inv_ss @ hinv[s]
+        hinv -= hinv[:, s] @ inv_ss @ hinv[s]
+        w[:, s] = 0.0
+        alive[chosen] = False
+        order.append(chosen)
+    return torch.cat(order), torch.tensor(errors, dtype=torch.float64), w
+
+
+@pytest.mark.parametrize("block,remove,steps", [(1, 14, 14), (1, 14, 4), (3, 5, 5), (3, 5, 2)])
+def test_lazy_inverse_hessian_updates_match_explicit_obs(block, remove, steps):
+    """The lazily updated inverse Hessian (Hinv_0 - V^T V) chooses the same units, in the same order, with the
+    same cumulative errors and final weight as updating the whole inverse after every step."""
+    x, w, h = problem(n=24, out=7, seed=5)
+    selection = obs_select_units(w, h, block=block, remove=remove, steps=steps, dampening=0.0)
+    order, errors, weight = _explicit_obs(w, h, block, remove, steps)
+    assert selection.order.tolist() == order.tolist()
+    torch.testing.assert_close(selection.errors.double(), errors, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(selection.weight.double(), weight, rtol=1e-3, atol=1e-4)

@@ -97,7 +97,7 @@ class StructuredOptions:
         "update='lstsq' / importance='obs': added to the diagonal of X^T X as a fraction of its mean "
         "(0.1%: lower perplexity than SparseGPT's 1% in benchmarks/structured_quality.py); retried 10x larger "
         "if the Cholesky factorisation fails.")})
-    obs_steps: int = field(default=32, metadata={"help": (
+    obs_steps: int = field(default=512, metadata={"help": (
         "importance='obs': units are removed in at most this many steps, the weight and inverse Hessian "
         "updated between steps (more steps: closer to one-at-a-time greedy OBS, slower).")})
     spread: float = field(default=0.5, metadata={"help": (

@@ -264,14 +264,19 @@ def _solve(weight, hessian, sparsity, pattern, groups, per_row, fraction, track,
     if not all_finite(z):
         return None
     if refit_iterations:  # CG lowers every row's dampened objective; keep a row only where rounding agrees
-        fitted = refit_kept(w_scaled, z.clone(), keep, system, refit_iterations)
-        better = reconstruction_error(w_scaled, fitted, system) <= reconstruction_error(w_scaled, z, system)
+        fitted, before = refit_kept(w_scaled, z.clone(), keep, system, refit_iterations)
+        after = reconstruction_error(w_scaled, fitted, system)
+        better = after <= before
         z = torch.where(better.unsqueeze(1), fitted, z)
+        dampened = torch.where(better, after, before)
+    else:
+        dampened = reconstruction_error(w_scaled, z, system)
     z.mul_(keep)  # exact zeros off the support
     pruned = z * inv_scale
     if not all_finite(pruned):
         return None
-    final = float(reconstruction_error(w_scaled, z, h_scaled).sum(dtype=torch.float64))
+    ridge = lam * inv_scale.square()  # system = h_scaled + diag(ridge): the undampened objective without a product
+    final = float((dampened.double() - ((w_scaled - z).square() @ ridge).double()).sum())
     if track:
         history.append(final)
     return ADMMResult(weight=pruned, objective=final, history=history, support_changes=changes,

@@ -97,15 +97,37 @@ def unit_errors(weight: torch.Tensor, hinv: torch.Tensor, block: int) -> torch.T
     Args:
         weight: ``(out, units * block)`` current weight; hinv: ``(units * block,)^2`` current inverse Hessian.
     """
+    return _unit_costs(weight.t().contiguous(), _diagonal_blocks(hinv, block), block)
+
+
+def _diagonal_blocks(hinv: torch.Tensor, block: int) -> torch.Tensor:
+    """``(n,)`` diagonal of ``hinv`` (``block == 1``), else its ``(units, block, block)`` diagonal blocks."""
     if block == 1:
-        return weight.square().sum(0) / hinv.diagonal().clamp_min(1e-20)
-    units = weight.shape[1] // block
-    w = weight.view(weight.shape[0], units, block).transpose(0, 1)  # (units, out, block)
-    idx = torch.arange(units * block, device=hinv.device).view(units, block)
-    blocks = hinv[idx.unsqueeze(2), idx.unsqueeze(1)]  # (units, block, block)
+        return hinv.diagonal().clone()
+    idx = torch.arange(hinv.shape[0], device=hinv.device).view(-1, block)
+    return hinv[idx.unsqueeze(2), idx.unsqueeze(1)]
+
+
+def _unit_costs(weight_t: torch.Tensor, blocks: torch.Tensor, block: int) -> torch.Tensor:
+    """:func:`unit_errors` from the transposed weight ``W^T`` ``(units * block, out)`` (one unit's columns are
+    contiguous rows) and the inverse Hessian's diagonal (blocks) as :func:`_diagonal_blocks` gives them."""
+    if block == 1:
+        return torch.linalg.vector_norm(weight_t, dim=1).square_().div_(blocks.clamp_min(1e-20))
+    per_unit = weight_t.view(-1, block, weight_t.shape[1])  # (units, block, out): W_u^T
     lower, _ = torch.linalg.cholesky_ex(blocks)
-    solved = torch.linalg.solve_triangular(lower, w.transpose(1, 2), upper=False)  # L^-1 W_u^T
-    return solved.square().sum((1, 2))
+    return torch.linalg.solve_triangular(lower, per_unit, upper=False).square().sum((1, 2))  # ||L^-1 W_u^T||^2
+
+
+def _inverse_root(matrix: torch.Tensor) -> torch.Tensor:
+    """``R`` with ``R^T R = matrix^-1`` for a small symmetric ``matrix`` ``(k, k)``: ``L^-1`` of its Cholesky
+    factor, or where it numerically lost definiteness (tiny steps late in a long run) the pseudo-inverse's root."""
+    lower = try_cholesky(matrix)
+    if lower is not None:
+        eye = torch.eye(matrix.shape[0], dtype=matrix.dtype, device=matrix.device)
+        return torch.linalg.solve_triangular(lower, eye, upper=False)
+    values, vectors = torch.linalg.eigh(matrix)
+    keep = values > values.abs().max() * matrix.shape[0] * torch.finfo(matrix.dtype).eps
+    return vectors[:, keep].t() / values[keep].sqrt().unsqueeze(1)
 
 
 def removal_schedule(remove: int, steps: int) -> list[int]:
@@ -144,7 +166,9 @@ def obs_select_units(weight: torch.Tensor, hessian: torch.Tensor, block: int, re
     At each step every remaining unit's cost is measured on the current (already updated) weight and
     inverse Hessian, the cheapest units of that step are removed together, and the weight and inverse
     Hessian are updated for the removed set: ``W -= W_S Hinv_SS^-1 Hinv_S:``, ``Hinv -= Hinv_:S
-    Hinv_SS^-1 Hinv_S:``. ``steps >= remove`` removes one unit per step (exact greedy OBS).
+    Hinv_SS^-1 Hinv_S:``. ``steps >= remove`` removes one unit per step (exact greedy OBS). The inverse
+    Hessian is updated lazily, as ``Hinv_0 - V^T V`` with one row of ``V`` per removed column, so a step
+    costs ``O(out n |S| + n |S| removed)`` rather than ``O(n^2 |S|)``: many small steps stay cheap.
 
     Args:
         weight: ``(out, units * block)`` output-projection weight.
@@ -154,38 +178,47 @@ def obs_select_units(weight: torch.Tensor, hessian: torch.Tensor, block: int, re
         steps: at most this many update steps.
         dampening, retries: see :mod:`.hessian`.
     """
-    w = weight.detach().float().clone()
-    units = w.shape[1] // block
-    if w.shape[1] != units * block or not 0 <= remove < max(units, 1):
+    w = weight.detach().float().t().contiguous()  # W^T (n, out): a unit's columns are contiguous rows
+    units = w.shape[0] // block
+    if w.shape[0] != units * block or not 0 <= remove < max(units, 1):
         raise ValueError(f"cannot remove {remove} of {units} units of {block} columns from a weight of {w.shape[1]} "
                          "columns")
     h, _ = fill_dead_inputs(hessian.to(w.device))
     hinv = torch.cholesky_inverse(dampened_cholesky(h, dampening, retries))
+    # the current inverse Hessian is hinv - V^T V, V the rows of `factors` so far: each step reads only the rows of
+    # the units it removes (n x removed flops) instead of updating all of it (n^2 x removed flops over a run)
+    factors = torch.empty(remove * block, units * block, dtype=w.dtype, device=w.device)
+    used = 0
+    blocks = _diagonal_blocks(hinv, block)
     alive = torch.ones(units, dtype=torch.bool, device=w.device)
+    live_columns = torch.ones(units * block, dtype=w.dtype, device=w.device)  # 0: removed, never updated again
     order, errors = [], [0.0]
     schedule = removal_schedule(remove, steps)
     cols = torch.arange(units * block, device=w.device).view(units, block)
     for count in schedule:
-        cost = unit_errors(w, hinv, block)
+        cost = _unit_costs(w, blocks, block)
         cost[~alive] = float("inf")
         chosen = torch.topk(cost, count, largest=False).indices
         s = cols[chosen].reshape(-1)
-        hinv_ss = hinv[s][:, s]
-        l_ss = try_cholesky(hinv_ss)
-        # numerically lost definiteness (tiny steps late in a long run): fall back to a pseudo-inverse
-        inv_ss = torch.cholesky_inverse(l_ss) if l_ss is not None else torch.linalg.pinv(hinv_ss)
-        coef = inv_ss @ hinv[s]  # (|S|, n) Hinv_SS^-1 Hinv_S:
-        w_s = w[:, s].clone()
-        errors.append(errors[-1] + float(((w_s @ inv_ss) * w_s).sum()))
-        w.addmm_(w_s, coef, alpha=-1.0)
-        hinv.addmm_(hinv[:, s], coef, alpha=-1.0)
-        w[:, s] = 0.0
-        hinv[s, :] = 0.0
-        hinv[:, s] = 0.0
+        rows = hinv[s].addmm_(factors[:used, s].t(), factors[:used], alpha=-1.0)  # (|S|, n) current Hinv_S:
+        root = _inverse_root(rows[:, s])  # R^T R = Hinv_SS^-1
+        live_columns[s] = 0.0
+        update = (root @ rows).mul_(live_columns)  # R Hinv_S:; Hinv -= Hinv_:S Hinv_SS^-1 Hinv_S: = update^T update
+        scaled = root @ w[s]  # R W_S^T: W -= W_S Hinv_SS^-1 Hinv_S: = (W_S R^T)(R Hinv_S:)
+        errors.append(errors[-1] + float(scaled.square().sum()))
+        w.addmm_(update.t(), scaled, alpha=-1.0)
+        w[s] = 0.0
+        factors[used:used + len(update)] = update
+        used += len(update)
+        if block == 1:
+            blocks.sub_(update.square().sum(0))
+        else:
+            per_unit = update.view(len(update), units, block)
+            blocks.sub_(torch.einsum("kub,kuc->ubc", per_unit, per_unit))
         alive[chosen] = False
         order.append(chosen)
     order_t = torch.cat(order) if order else torch.zeros(0, dtype=torch.long, device=w.device)
-    return ObsSelection(alive.nonzero().squeeze(1), order_t, torch.tensor(errors), schedule, w)
+    return ObsSelection(alive.nonzero().squeeze(1), order_t, torch.tensor(errors), schedule, w.t().contiguous())
 
 
 def error_curve(selection: ObsSelection, cap: int) -> torch.Tensor:

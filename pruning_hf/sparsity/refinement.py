@@ -52,13 +52,17 @@ def reconstruction_error(dense: torch.Tensor, pruned: torch.Tensor, hessian: tor
 
 @torch.no_grad()
 def refit_kept(dense: torch.Tensor, weight: torch.Tensor, keep: torch.Tensor, hessian: torch.Tensor,
-               iterations: int) -> torch.Tensor:
+               iterations: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Conjugate gradient on every row's kept weights toward its least-squares optimum, all rows at once.
 
     Minimises ``e_r`` over the weights where ``keep`` ``(out, in)`` is True (the others stay 0);
-    each iteration costs one ``(out, in) @ (in, in)`` product. Updates and returns ``weight``.
+    each iteration costs one ``(out, in) @ (in, in)`` product. Updates ``weight`` and returns it with
+    the ``(out,)`` errors ``e_r`` of the weight it started from (a by-product of the first product).
     """
-    residual = ((dense - weight) @ hessian) * keep
+    delta = dense - weight
+    gradient = delta @ hessian
+    start_error = (gradient * delta).sum(1)
+    residual = gradient.mul_(keep)
     direction = residual.clone()
     norm = residual.square().sum(1)
     for _ in range(iterations):
@@ -70,7 +74,7 @@ def refit_kept(dense: torch.Tensor, weight: torch.Tensor, keep: torch.Tensor, he
         new_norm = residual.square().sum(1)
         direction = residual + (new_norm / norm.clamp_min(1e-30)).unsqueeze(1) * direction
         norm = new_norm
-    return weight
+    return weight, start_error
 
 
 @torch.no_grad()
