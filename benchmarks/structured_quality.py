@@ -9,7 +9,8 @@ For each model and setting (``mlp 30%``: FFN neurons; ``both 20%``: FFN neurons 
 only; depth: per-layer block influence, cut only) against the reconstructing ones: FLAP's bias
 compensation, least-squares re-fit of the output projections (``update lstsq``), grouped OBS selection
 (``importance obs``, also with the depth-increasing and the error-based ``adaptive`` allocations, and with
-SparseGPT's 1% dampening instead of the default 0.1%), and for depth the contiguous
+SparseGPT's 1% dampening instead of the default 0.1%, and in 32 OBS steps instead of one unit per step up
+to 512), and for depth the contiguous
 closest block with and without ReplaceMe's folded linear map, and the block whose map fits best
 (``fitted``). SparseGPT 50% (unstructured) on the same model is the prune-time reference.
 
@@ -27,7 +28,7 @@ row; rows already there for the same text, windows and threads are reused (an in
 Wall times of rows measured at different moments on a shared machine are not comparable; ``--timing
 ROUNDS`` prunes only (no evaluation) SparseGPT 50% and the default configuration of each setting in
 alternating rounds and reports the process's CPU time (one torch thread), total and per decoder layer,
-in ``benchmarks/results/structured_quality-timing.json``.
+in ``benchmarks/results/structured_quality-timing.json`` (keeping the rows of models not in the run).
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ WIDTH = {
     "obs / lstsq / increasing": {"importance": "obs", "update": "lstsq", "allocation": "increasing"},
     "obs / lstsq / adaptive": {"importance": "obs", "update": "lstsq", "allocation": "adaptive"},
     "obs / lstsq / 1% dampening": {"importance": "obs", "update": "lstsq", "dampening": 0.01},
+    "obs / lstsq / 32 steps": {"importance": "obs", "update": "lstsq", "obs_steps": 32},
 }
 DEPTH = {
     "influence / none": {"selection": "influence", "update": "none"},
@@ -181,7 +183,7 @@ def annotate(rows: list[dict]) -> None:
             today = by_key.get((row["model"], row["setting"], TODAY[SETTINGS[row["setting"]][0]]))
             if today:
                 base = today["perplexity"] / dense["perplexity"] - 1
-                row["vs_today"] = f"{(row['perplexity'] / dense['perplexity'] - 1) / base:.2f}"
+                row["vs_today"] = f"{(row['perplexity'] / dense['perplexity'] - 1) / base:.3f}"
         speed = row.get("speed")
         row["decode"] = f"{speed['speedup']:.2f}x / {speed['ideal']:.2f}x / {speed['ratio']:.2f}" if speed else ""
 
@@ -252,6 +254,9 @@ def main() -> int:
             dense = load_model(model_name, dtype=torch.float32)
             rows += timing_rows(model_name, dense, windows, setup, _defaults(), args.timing)
             del dense
+        # other models' rows measured on the same data stay (one run per model adds to one table)
+        rows = [r for key, r in common.previous_rows(f"{name}-timing", setup, MEASUREMENT_KEYS, args.fresh).items()
+                if key[0] not in setup["models"]] + rows
         common.finish(f"{name}-timing", setup, rows, TIMING_COLUMNS,
                       f"prune only, calibration {setup['calibration'][0]} x {setup['calibration'][1]} tokens, fp32, "
                       f"{args.threads} torch thread(s); CPU time of the process, median of {args.timing} alternating "
