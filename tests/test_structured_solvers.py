@@ -200,3 +200,11 @@ def test_lazy_inverse_hessian_updates_match_explicit_obs(block, remove, steps):
     assert selection.order.tolist() == order.tolist()
     torch.testing.assert_close(selection.errors.double(), errors, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(selection.weight.double(), weight, rtol=1e-3, atol=1e-4)
+
+
+def test_obs_rejects_impossible_removals_naming_the_shapes():
+    _, w, h = problem(n=12, out=5, seed=6)
+    with pytest.raises(ValueError, match="cannot remove 4 of 4 units of 3 columns from a weight of 12 columns"):
+        obs_select_units(w, h, block=3, remove=4)
+    with pytest.raises(ValueError, match="units of 5 columns from a weight of 12 columns"):
+        obs_select_units(w, h, block=5, remove=1)

@@ -181,7 +181,7 @@ def obs_select_units(weight: torch.Tensor, hessian: torch.Tensor, block: int, re
     w = weight.detach().float().t().contiguous()  # W^T (n, out): a unit's columns are contiguous rows
     units = w.shape[0] // block
     if w.shape[0] != units * block or not 0 <= remove < max(units, 1):
-        raise ValueError(f"cannot remove {remove} of {units} units of {block} columns from a weight of {w.shape[1]} "
+        raise ValueError(f"cannot remove {remove} of {units} units of {block} columns from a weight of {w.shape[0]} "
                          "columns")
     h, _ = fill_dead_inputs(hessian.to(w.device))
     hinv = torch.cholesky_inverse(dampened_cholesky(h, dampening, retries))
