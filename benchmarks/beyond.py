@@ -6,7 +6,9 @@
 For each model: the dense perplexity, then at 50%, 60%, 70% unstructured and 2:4, SparseGPT,
 Wanda and ADMM (``method="admm"``) alone, with OWL allocation, with refinement, and with both (OWL
 cannot apply to 2:4, whose sparsity is fixed per group), SparseGPT and ADMM with targets from the
-dense model (``dense_targets=True``, "+dense"), plus the global allocation at 70% for comparison. All rows of a
+dense model (``dense_targets=True``, "+dense": the default ``dense_precision``, so a bf16 dense stream where bf16
+is native; every row records ``dense_dtype``; "ADMM +dense fp32" keeps the fp32 model's own precision and is
+run only when named; "ADMM 12 it +dense" runs 12 ADMM iterations from ``rho=0.2`` instead of 20 from 0.1), plus the global allocation at 70% for comparison. All rows of a
 model share the calibration windows (seeded random windows of the text after the evaluation
 tokens) and the evaluation windows (the first non-overlapping windows of WikiText-2 validation),
 so rows differ only by configuration. Times come from the same process: "method s" and "refine s"
@@ -62,12 +64,14 @@ VARIANTS = {
     "ADMM +OWL +refine": ("admm", {"allocation": "owl", "refine": True}),
     "SparseGPT +dense": ("sparsegpt", {"dense_targets": True}),
     "ADMM +dense": ("admm", {"dense_targets": True}),
+    "ADMM +dense fp32": ("admm", {"dense_targets": True, "dense_precision": "model"}),  # the fp32 model's own stream
+    "ADMM 12 it +dense": ("admm", {"dense_targets": True, "admm_iterations": 12, "rho": 0.2}),  # 0.6x the iterations
     "ADMM +OWL +dense": ("admm", {"allocation": "owl", "dense_targets": True}),
     "SparseGPT +global": ("sparsegpt", {"allocation": "global"}),
     "Wanda +global": ("wanda", {"allocation": "global"}),
 }
 FULL = dict(models=MODELS, settings=list(SETTINGS), calibration=[32, 512], evaluation=[16, 512],
-            variants=[v for v in VARIANTS if "global" not in v], global_at=["70%"])
+            variants=[v for v in VARIANTS if "global" not in v and "fp32" not in v], global_at=["70%"])
 QUICK = dict(models=MODELS[:1], settings=["60%"], calibration=[8, 128], evaluation=[8, 256],
              variants=["SparseGPT", "Wanda", "Wanda +OWL +refine"], global_at=[])
 COLUMNS = [("model", "model"), ("setting", "setting"), ("variant", "configuration"), ("perplexity", "ppl"),
@@ -129,6 +133,7 @@ def run_row(model, dense_state, windows, eval_tokens, setup, setting: str, varia
         "refine_seconds": sum(r.refine_seconds for r in report.layers),
         "dense_pass_seconds": report.allocation["seconds"] if report.allocation else 0.0,
         "layer_extra_mib": max(memory) / 2**20 if memory else None,
+        "dense_dtype": report.dense_dtype,
         "statistics_mib": max(r.statistics_bytes for r in report.layers) / 2**20,
         "layer_sparsity": report.allocation["layer_sparsity"] if report.allocation else None,
         "refine_error_ratio": (sum(i["error_after"] for i in refined) / sum(i["error_before"] for i in refined)

@@ -130,7 +130,7 @@ def timed_prunes(dense: torch.nn.Module, windows: torch.Tensor, configs: dict[st
     """Prune only (no evaluation) a copy of ``dense`` with each of ``configs`` (label -> PruningConfig) in
     ``rounds`` rounds, the order reversed every other round. Per label the medians of this process's CPU time
     (with one torch thread it barely depends on other jobs descheduling this one, unlike wall time), wall time
-    and time in the method's maths, and the decoder layers pruned."""
+    and time in the method's maths, the decoder layers pruned and the dense stream's dtype (dense targets)."""
     from pruning_hf.engine import prune_model
 
     measured: dict[str, list[dict[str, float]]] = {label: [] for label in configs}
@@ -141,13 +141,13 @@ def timed_prunes(dense: torch.nn.Module, windows: torch.Tensor, configs: dict[st
             report = prune_model(model, configs[label], windows=windows, progress=False)
             measured[label].append({"cpu": time.process_time() - cpu, "wall": time.perf_counter() - wall,
                                     "method": sum(r.method_seconds for r in report.layers),
-                                    "layers": len(report.layers)})
+                                    "layers": len(report.layers), "dense_dtype": report.dense_dtype})
             print(f"{name} timing {label}: {measured[label][-1]['cpu']:.0f} s CPU", file=sys.stderr, flush=True)
             del model
     return {label: {"prune_cpu_seconds": statistics.median(v["cpu"] for v in values),
                     "prune_wall_seconds": statistics.median(v["wall"] for v in values),
                     "method_seconds": statistics.median(v["method"] for v in values),
-                    "layers": values[0]["layers"], "rounds": rounds}
+                    "layers": values[0]["layers"], "dense_dtype": values[0]["dense_dtype"], "rounds": rounds}
             for label, values in measured.items()}
 
 

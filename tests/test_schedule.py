@@ -161,21 +161,48 @@ def test_schedule_errors_name_the_value_and_the_choices():
         PruningConfig(method="sparsegpt", sparsity=0.5, dense_targets="yes")
 
 
+@pytest.mark.parametrize("precision", ["model", "bfloat16"])
 @pytest.mark.parametrize("schedule", ["sublayer", "layer"])
-def test_dense_targets_bring_the_last_layer_closer_to_the_dense_model(schedule, windows, one_thread):
+def test_dense_targets_bring_the_last_layer_closer_to_the_dense_model(schedule, precision, windows, one_thread):
     """Two-layer toy: layer 1 is pruned first; with dense targets layer 2's output is fitted to the dense
-    model's (on the dense input), and ends closer to it than when fitted to its own pruned input."""
+    model's (on the dense input), and ends closer to it than when fitted to its own pruned input; also when
+    the dense stream runs in bf16 (its o_proj then reads bf16 inputs, the pruned stream's stay fp32)."""
     dense = tiny_model("llama", layers=2)
     with torch.no_grad():
         target = dense(windows, output_hidden_states=True).hidden_states[-1]
     errors = {}
     for dense_targets in (False, True):
         model = copy.deepcopy(dense)
-        prune_model(model, _config(windows, method="sparsegpt", sparsity=0.7, schedule=schedule,
-                                   dense_targets=dense_targets), windows=windows, progress=False)
+        seen = set()
+        model.model.layers[1].self_attn.o_proj.register_forward_pre_hook(lambda _, args: seen.add(args[0].dtype))
+        extra = {"dense_precision": precision} if dense_targets else {}
+        report = prune_model(model, _config(windows, method="sparsegpt", sparsity=0.7, schedule=schedule,
+                                            dense_targets=dense_targets, **extra), windows=windows, progress=False)
+        if dense_targets:
+            assert report.dense_dtype == {"model": "float32", "bfloat16": "bfloat16"}[precision]
+            assert seen == ({torch.float32, torch.bfloat16} if precision == "bfloat16" else {torch.float32}), seen
         with torch.no_grad():
             errors[dense_targets] = (model(windows, output_hidden_states=True).hidden_states[-1] - target).norm().item()
     assert errors[True] < errors[False], errors
+
+
+def test_dense_precision_auto_means_bf16_only_for_a_float32_model_where_bf16_is_native(monkeypatch):
+    import pruning_hf.engine.capture as capture
+
+    layer = tiny_model("llama", layers=1).model.layers[0]
+    for native in (False, True):
+        monkeypatch.setattr(capture, "native_bfloat16", lambda device, native=native: native)
+        assert capture.dense_stream_dtype("auto", layer) == (torch.bfloat16 if native else None)
+        assert capture.dense_stream_dtype("bfloat16", layer) == torch.bfloat16
+        assert capture.dense_stream_dtype("model", layer) is None
+        assert capture.dense_stream_dtype("auto", copy.deepcopy(layer).to(torch.bfloat16)) is None
+
+
+def test_dense_precision_errors_name_the_value_and_the_choices():
+    with pytest.raises(ValueError, match=r"dense_precision='fp8' is not allowed; choose one of: auto, bfloat16, model"):
+        PruningConfig(method="admm", sparsity=0.5, dense_targets=True, dense_precision="fp8")
+    with pytest.raises(ValueError, match=r"dense_precision='bfloat16' only applies with dense_targets=True"):
+        PruningConfig(method="admm", sparsity=0.5, dense_precision="bfloat16")
 
 
 def test_dense_target_weight_is_the_weight_itself_without_earlier_pruning():
@@ -233,7 +260,8 @@ def test_sublayer_dense_targets_of_down_proj_use_its_outputs_and_agree(family, w
         if route == "inputs":
             monkeypatch.setattr(schedule, "pairs_dense_outputs", lambda linear: False)
         prune_model(tiny_model(family, layers=2), _config(windows, method="sparsegpt", sparsity=0.5,
-                                                          schedule="sublayer", dense_targets=True),
+                                                          schedule="sublayer", dense_targets=True,
+                                                          dense_precision="model"),  # exact: fp32 on both routes
                     windows=windows, progress=False)
         monkeypatch.undo()
         runs.append(fitted)

@@ -12,16 +12,17 @@ import shutil
 import tempfile
 import weakref
 from collections.abc import Sequence
+from contextlib import nullcontext
 
 import torch
 from torch import nn
 
-from ..models.devices import execution_device
+from ..models.devices import execution_device, native_bfloat16
 from ..utils.checks import all_finite
 from .hooks import collect_input_statistics
 from .report import NonFiniteError
 
-__all__ = ["CapturedInputs", "check_activation_storage", "capture_layer_inputs", "run_layer", "call_layer", "check_finite",
+__all__ = ["CapturedInputs", "dense_stream_dtype", "check_activation_storage", "capture_layer_inputs", "run_layer", "call_layer", "check_finite",
            "head_statistics"]
 
 
@@ -40,7 +41,8 @@ class CapturedInputs:
     ``hidden[b]`` is the current layer's input for batch ``b``: a ``(batch, seq, hidden)`` tensor on
     the ``storage`` device, or with ``storage="disk"`` the path of a safetensors file holding it (read
     back one batch at a time). ``calls[layer][b]`` holds that layer's other ``(args, kwargs)``.
-    ``dense`` (dense targets only, :meth:`carry_dense`) holds the same layer's input in the dense model.
+    ``dense`` (dense targets only, :meth:`carry_dense`) holds the same layer's input in the dense model;
+    its layers run inside :meth:`dense_stream`.
     """
 
     def __init__(self, num_layers: int, storage: torch.device | str = "cpu") -> None:
@@ -48,6 +50,7 @@ class CapturedInputs:
         self.storage = check_activation_storage(storage)
         self.hidden: list[torch.Tensor | str] = []
         self.dense: list[torch.Tensor | str] | None = None
+        self.dense_dtype: torch.dtype | None = None  # autocast dtype of the dense stream (None: the model's)
         self.calls: list[list[tuple[tuple, dict]]] = [[] for _ in range(num_layers)]
         self._folder = tempfile.mkdtemp(prefix="pruning_hf_activations_") if self.on_disk else None
         if self._folder:
@@ -83,9 +86,15 @@ class CapturedInputs:
             if isinstance(item, str):
                 os.remove(item)
 
-    def carry_dense(self) -> None:
-        """Start the dense model's stream from the current inputs (a copy of each batch's file on disk)."""
+    def carry_dense(self, dtype: torch.dtype | None = None) -> None:
+        """Start the dense model's stream from the current inputs (a copy of each batch's file on disk); ``dtype``:
+        its matmuls run autocast to it (:func:`dense_stream_dtype`)."""
+        self.dense_dtype = dtype
         self.dense = [self.store(self.load(item, self.storage)) if self.on_disk else item for item in self.hidden]
+
+    def dense_stream(self, device: torch.device):
+        """Context for running layers on the dense stream: autocast to :attr:`dense_dtype` when it is set."""
+        return torch.autocast(device.type, dtype=self.dense_dtype) if self.dense_dtype is not None else nullcontext()
 
     def advance(self, outputs: list[torch.Tensor | str], dense: list[torch.Tensor | str] | None = None) -> None:
         """The outputs of the current layer become the next layer's inputs (old files are deleted);
@@ -95,6 +104,16 @@ class CapturedInputs:
         if dense is not None:
             self.release(self.dense or [])
             self.dense = dense
+
+
+def dense_stream_dtype(precision: str, layer: nn.Module) -> torch.dtype | None:
+    """The autocast dtype for ``PruningConfig.dense_precision`` given a decoder layer of the model (None: the
+    model's own dtype): bf16 when asked, or with 'auto' for a float32 model on a device with native bf16."""
+    dtype = next(layer.parameters()).dtype
+    if precision == "bfloat16" or (precision == "auto" and dtype == torch.float32
+                                   and native_bfloat16(execution_device(layer))):
+        return torch.bfloat16
+    return None
 
 
 class _Batches(Sequence):

@@ -31,7 +31,7 @@ from ..models.devices import execution_device, onloaded, write_weight
 from ..sparsity.allocation import PREPASS_ALLOCATIONS
 from ..utils.checks import all_finite
 from ..utils.memory import PeakMemory, gpu_high_water, rss_peak_bytes
-from .capture import capture_layer_inputs, check_activation_storage, head_statistics
+from .capture import capture_layer_inputs, check_activation_storage, dense_stream_dtype, head_statistics
 from .prepass import allocation_prepass
 from .report import LayerRecord, NonFiniteError, PruningReport
 from .resume import LayerCheckpoints, check_resumable
@@ -82,8 +82,9 @@ def prune_model(model: nn.Module, config, windows: torch.Tensor | None = None, p
     if config.needs_calibration:
         report.calibration_tokens = windows.numel()
         captured = capture_layer_inputs(model, layers, windows, config.calibration.batch_size, activation_storage)
-        if statistics is not None and statistics.cross:
-            captured.carry_dense()  # dense targets: the dense model's activations travel beside
+        if statistics is not None and statistics.cross:  # dense targets: the dense model's stream travels beside
+            captured.carry_dense(dense_stream_dtype(config.dense_precision, layers[0]))
+            report.dense_dtype = str(captured.dense_dtype or next(layers[0].parameters()).dtype).removeprefix("torch.")
         report.capture_seconds = time.perf_counter() - started
     checkpoints = LayerCheckpoints(resume_dir, config, model, windows) if resume_dir is not None else None
     first = checkpoints.restore(per_layer, captured, report) if checkpoints else 0

@@ -39,6 +39,7 @@ class PruningReport:
     layers: list[LayerRecord] = field(default_factory=list)
     calibration_tokens: int = 0
     schedule: str = "layer"  # how the layers met the calibration data: "layer" (whole, twice) or "sublayer"
+    dense_dtype: str | None = None  # dense targets: the dtype the dense stream's matmuls ran in
     capture_seconds: float = 0.0
     total_seconds: float = 0.0
     peak_rss_bytes: int = 0

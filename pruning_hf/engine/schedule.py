@@ -15,7 +15,8 @@ as one more pass of the still-dense layer per batch (its Linears' inputs paired 
 ones for the cross term ``X^T X_dense``); in the sub-block schedule one step ahead of the pruned
 stream, so the dense stream always runs on weights not yet pruned, and an output Linear with fewer
 outputs than inputs (``down_proj``) pairs its inputs with its dense outputs (``X^T Y_dense``, the
-same fit for ``out / in`` of the flops).
+same fit for ``out / in`` of the flops). The dense stream runs inside ``captured.dense_stream`` (bf16 autocast
+with ``PruningConfig.dense_precision``).
 """
 
 from __future__ import annotations
@@ -75,7 +76,8 @@ def layer_pass(layer: nn.Module, captured: CapturedInputs, index: int, targets: 
         prune(targets, stats)
     del stats
     if captured.dense is not None and dense is None:  # nothing pruned here before: the dense stream runs on
-        dense = run_layer(layer, captured, index, keep_outputs=True, inputs=captured.dense)
+        with captured.dense_stream(execution_device(layer)):
+            dense = run_layer(layer, captured, index, keep_outputs=True, inputs=captured.dense)
     return run_layer(layer, captured, index, keep_outputs=True), dense
 
 
@@ -99,7 +101,7 @@ def _paired_statistics(layer, captured, index, targets, hessian) -> tuple[dict[s
     stats: dict[str, InputStatistics] = {}
     dense_outputs = []
     for hidden, dense, call in zip(captured.hidden, captured.dense, captured.calls[index]):
-        with _recorded_inputs(targets) as dense_inputs:
+        with _recorded_inputs(targets) as dense_inputs, captured.dense_stream(device):
             out = call_layer(layer, captured.load(dense, device), call, device)
         dense_outputs.append(captured.store(check_finite(out, layer, index)))
         with _recorded_inputs(targets) as inputs:
@@ -189,7 +191,8 @@ def _sub_block(block: _Block, captured: CapturedInputs, names: dict[int, str], s
         if inputs:
             collect.update(block.pre(load(item, device)), block.pre(d) if d is not None else None)
         if d is not None:
-            dense_cores.append(store(block.core(d, batch)))
+            with captured.dense_stream(device):
+                dense_cores.append(store(block.core(d, batch)))
     if inputs:
         prune(inputs, collect.result(inputs))
     by_outputs = dense is not None and pairs_dense_outputs(block.output)
@@ -204,10 +207,11 @@ def _sub_block(block: _Block, captured: CapturedInputs, names: dict[int, str], s
                 collect.update(y, None)
             continue
         y_dense = load(dense_cores[batch], device)
-        projected = block.output(y_dense)  # the still-dense output Linear on the dense stream
+        with captured.dense_stream(device):
+            projected = block.output(y_dense)  # the still-dense output Linear on the dense stream
+            dense_outputs.append(store(block.finish(load(dense[batch], device), projected)))
         if output:
             collect.update(y, (projected if bias is None else projected - bias) if by_outputs else y_dense)
-        dense_outputs.append(store(block.finish(load(dense[batch], device), projected)))
     captured.release(dense_cores)
     if output:
         prune(output, collect.result(output))

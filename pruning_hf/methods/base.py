@@ -182,6 +182,8 @@ class PruningMethod:
             return len(cls.allocations) > 1 or value != cls.allocations[0]
         if field_name in ("owl_m", "owl_lambda"):
             return config.allocation == "owl"
+        if field_name == "dense_precision":
+            return config.dense_targets
         if field_name in ("refine", "refine_iterations"):
             return cls.refinable and (field_name == "refine" or config.refine)
         return True

@@ -17,7 +17,7 @@ from typing import Iterable, Iterator
 import torch
 from torch import nn
 
-__all__ = ["execution_device", "onloaded", "write_parameter", "write_weight", "is_offloaded",
+__all__ = ["execution_device", "native_bfloat16", "onloaded", "write_parameter", "write_weight", "is_offloaded",
            "retie_offloaded_embeddings"]
 
 _ONLOADED = "_pruning_hf_onloaded"  # marks a hook paused by onloaded()
@@ -50,6 +50,17 @@ def execution_device(module: nn.Module) -> torch.device:
         if param.device.type != "meta":
             return param.device
     return torch.device("cpu")
+
+
+def native_bfloat16(device: torch.device) -> bool:
+    """Whether ``device`` multiplies bf16 matrices natively (faster than fp32): a CUDA GPU that supports bf16,
+    or a CPU with AVX512-BF16 or AMX tiles."""
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        probes = (getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+        return any(probe() for probe in probes if probe is not None)
+    return False
 
 
 def _release(module: nn.Module, hook) -> None:
