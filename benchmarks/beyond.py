@@ -24,7 +24,8 @@ by side);
 ``--rerun`` measures the selected rows again (times to compare should come from one process).
 ``--timing ROUNDS`` prunes only (no evaluation) the chosen rows in alternating rounds and reports the
 process's CPU time (one torch thread: it barely depends on other jobs), against SparseGPT +refine at
-the same setting (the issue's 1.5x limit), in ``benchmarks/results/beyond[-quick]-timing.json``.
+the same setting (the issue's 1.5x limit), in ``benchmarks/results/beyond[-quick]-timing.json`` (keeping the rows
+of models not in the run).
 """
 
 from __future__ import annotations
@@ -203,6 +204,9 @@ def timing(name: str, setup: dict, rounds: int) -> int:
         rows += [{"model": model_name, "setting": s, "variant": v, **values}
                  for (s, v), values in zip(pairs, timed.values())]
         del dense
+    # other models' rows measured on the same data stay (one run per model adds to one table)
+    rows = [r for key, r in common.previous_rows(f"{name}-timing", setup, MEASUREMENT_KEYS, False).items()
+            if key[0] not in setup["models"]] + rows
     lines = []
     for row in rows:
         budget = next((r for r in rows if (r["model"], r["setting"], r["variant"]) ==
