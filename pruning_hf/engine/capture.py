@@ -22,8 +22,8 @@ from ..utils.checks import all_finite
 from .hooks import collect_input_statistics
 from .report import NonFiniteError
 
-__all__ = ["CapturedInputs", "dense_stream_dtype", "check_activation_storage", "capture_layer_inputs", "run_layer", "call_layer", "check_finite",
-           "head_statistics"]
+__all__ = ["CapturedInputs", "dense_stream_dtype", "check_activation_storage", "capture_layer_inputs", "run_layer",
+           "call_layer", "check_finite", "head_statistics"]
 
 
 def check_activation_storage(storage: torch.device | str) -> torch.device:
